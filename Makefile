@@ -1,0 +1,55 @@
+# The README's two commands:
+#   make pipeline   set up .venv and run the whole pipeline on the built-in data (CPU is fine)
+#   make test       set up .venv and run the tests (all but those marked gpu)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Prefect's state stays inside the repo; no telemetry on offline machines.
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+EXPERIMENT ?= default
+PORT ?= 4200
+# the CPU build of torch to install when there is no GPU (a wheel on local disk or a CPU index)
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: pipeline test setup serve mlflow-ui bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build of torch unless a GPU is present (a plain `torch` pulls a multi-GB CUDA build)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q 'torch>=2.3,<2.15'; \
+	else \
+	  $(PY) -m pip install -q $(TORCH_CPU); \
+	fi
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+pipeline: setup
+	$(PY) -m flows.pipeline experiment=$(EXPERIMENT)
+
+test: setup
+	$(PY) -m pytest -m "not gpu" -q
+
+# A local Prefect server on 127.0.0.1 and the served deployment `instructflow/local`.
+serve: setup
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PORT)/api $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PORT) & \
+	server=$$!; trap "kill $$server" EXIT; \
+	PREFECT_API_URL=http://127.0.0.1:$(PORT)/api $(PY) -m flows.serve
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup
+	$(PY) bench/bench_pretrain.py
+	$(PY) bench/bench_generate.py
+
+clean:
+	rm -rf data models metrics mlruns mlflow.db params.yaml dvc.lock .prefect

@@ -1,0 +1,187 @@
+"""The `instructflow` Prefect flow: the DAG of stages, each run through `dvc repro`.
+
+    python -m flows.pipeline experiment=smoke          # whole DAG, tiny, on CPU
+    python -m flows.pipeline experiment=default        # what `make pipeline` runs
+    prefect deployment run 'instructflow/local' -p overrides='["experiment=smoke"]' --watch
+
+The flow composes `conf/` with the overrides and writes `params.yaml`; then one Prefect task
+per stage calls `dvc repro --single-item <stage>`. DVC alone decides what is up to date (so
+Prefect caches nothing), records `dvc.lock`, and runs the stage's `python -m tasks.<stage>`,
+whose MLflow run nests under the flow's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flows  # noqa: F401  (environment defaults before Prefect is imported)
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import tracking
+from tasks.config import ConfigError, compose, write_params
+
+STAGES = ("data", "tokenize", "pretrain")
+
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero; the message is the stage's own one-line error."""
+
+
+def stage_metrics_file(cfg, stage: str) -> Path | None:
+    """Where a stage leaves the metrics summarised in the flow's table."""
+    return {
+        "data": Path(cfg.data.out_dir) / "stats.json",
+        "tokenize": Path(cfg.tokenizer.out_dir) / "meta.json",
+        "pretrain": Path(cfg.pretrain.metrics_file),
+    }.get(stage)
+
+
+def numeric_leaves(d: dict) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in tracking.flatten(d).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def stage_env(parent_run_id: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # `python` in dvc.yaml must be this interpreter (the project's virtual environment)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    if parent_run_id:
+        env[tracking.PARENT_ENV] = parent_run_id
+    return env
+
+
+@task(name="configure")
+def configure(overrides: list[str]) -> dict:
+    """Compose conf/ with the overrides, validate, and write params.yaml for DVC."""
+    cfg = compose(overrides)
+    write_params(cfg)
+    return {"overrides": overrides}
+
+
+@task(name="stage", task_run_name="{stage}")
+def run_stage(stage: str, parent_run_id: str | None) -> dict:
+    """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
+    logger = get_run_logger()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+        env=stage_env(parent_run_id),
+        capture_output=True,
+        text=True,
+    )
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.strip():
+            logger.info("%s | %s", stage, line)
+    if proc.returncode != 0:
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        detail = errors[-1][len("error: ") :] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StageFailed(f"stage {stage} failed: {detail}")
+    skipped = "didn't change, skipping" in proc.stdout
+    return {"stage": stage, "ran": not skipped}
+
+
+def log_cached_stage(cfg, stage: str, parent_run_id: str) -> None:
+    """DVC skipped the stage: record a child run with its current metrics, tagged as cached."""
+    import mlflow
+
+    path = stage_metrics_file(cfg, stage)
+    metrics = numeric_leaves(json.loads(path.read_text())) if path and path.is_file() else {}
+    exp_id = tracking.setup(cfg.tracking)
+    tags = {"instructflow.stage": stage, "dvc.skipped": "true"}
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} (cached)", parent_run_id=parent_run_id, tags=tags):
+        if metrics:
+            mlflow.log_metrics(metrics)
+
+
+def dvc_lock_tags() -> dict[str, str]:
+    """Lineage: the md5 of every stage output recorded in dvc.lock."""
+    import yaml
+
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    tags = {}
+    for name, st in (data.get("stages") or {}).items():
+        for out in st.get("outs", []):
+            tags[f"dvc.{name}.{out['path']}"] = str(out.get("md5", ""))
+    return tags
+
+
+@flow(name="instructflow", log_prints=True)
+def instructflow(overrides: list[str] | None = None) -> dict:
+    """The whole pipeline on the composed config; returns each stage's metrics."""
+    overrides = list(overrides or [])
+    if not Path(".dvc").is_dir():
+        raise ConfigError(f"{Path.cwd()}: not a DVC repository (run `git init && dvc init` there)")
+    configure(overrides)
+    cfg = compose(overrides)
+    parent_id = None
+    if cfg.tracking.enabled:
+        import mlflow
+
+        exp_id = tracking.setup(cfg.tracking)
+        tags = {"instructflow.stage": "pipeline", "overrides": json.dumps(overrides)}
+        if commit := tracking.git_commit():
+            tags["git.commit"] = commit
+        parent_id = mlflow.MlflowClient().create_run(exp_id, run_name="pipeline", tags=tags).info.run_id
+    status = "FAILED"
+    results = {}
+    try:
+        for stage in STAGES:
+            r = run_stage(stage, parent_id)
+            if not r["ran"] and parent_id:
+                log_cached_stage(cfg, stage, parent_id)
+            path = stage_metrics_file(cfg, stage)
+            results[stage] = numeric_leaves(json.loads(path.read_text())) if path and path.is_file() else {}
+            results[stage]["ran"] = float(r["ran"])
+        status = "FINISHED"
+    finally:
+        if parent_id:
+            client = mlflow.MlflowClient()
+            for k, v in dvc_lock_tags().items():
+                client.set_tag(parent_id, k, v)
+            client.set_terminated(parent_id, status=status)
+    rows = [{"stage": s, **{k: round(v, 4) for k, v in m.items()}} for s, m in results.items()]
+    create_table_artifact(rows, key="stage-metrics", description="Metrics of each stage of this run")
+    create_markdown_artifact(
+        "\n".join(
+            [
+                "## Where to look",
+                f"- MLflow: `mlflow ui --backend-store-uri {cfg.tracking.uri}` (parent run `{parent_id}`)",
+                "- DVC: `dvc status`, `dvc metrics show`, `dvc plots show`",
+                "- Outputs: " + ", ".join(f"`{p}`" for p in (cfg.data.out_dir, cfg.tokenizer.out_dir, cfg.pretrain.out_dir)),
+            ]
+        ),
+        key="where-to-look",
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        compose(argv)  # fail fast, with one line, before starting Prefect
+        results = instructflow(argv)
+    except (ConfigError, StageFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(results, indent=2, sort_keys=True))
+    print(
+        "\nWhere to look:\n"
+        "  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (http://127.0.0.1:5000)\n"
+        "  Prefect UI: make serve   (http://127.0.0.1:4200), then `prefect deployment run 'instructflow/local'`\n"
+        "  DVC:        .venv/bin/dvc metrics show; .venv/bin/dvc plots show"
+    )
+
+
+if __name__ == "__main__":
+    main()

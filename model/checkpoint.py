@@ -1,0 +1,198 @@
+"""Checkpoints: one folder per checkpoint, written atomically, read without unpickling weights.
+
+Layout:
+    model.safetensors   weights (the tied lm_head is stored once, as transformer.wte.weight)
+    config.json         GPTConfig.to_dict()
+    meta.json           free dict: stage, step, metrics, resolved config, token ids...
+    tokenizer.json      optional, copied from the tokenizer the model was trained with
+    trainer.pt          optional optimizer / scheduler / RNG / data-position state (torch.save,
+                        read back with weights_only=True)
+    heads.safetensors   optional flat dict of extra tensors (classifier, reward or value heads)
+
+A save writes everything into a sibling temp folder, fsyncs it, and only then swaps it in, so a
+crash leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.gpt import GPT, GPTConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+META = "meta.json"
+TOKENIZER = "tokenizer.json"
+TRAINER = "trainer.pt"
+HEADS = "heads.safetensors"
+TIED = "lm_head.weight"  # same tensor as transformer.wte.weight, so never stored
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder or file is missing, truncated or inconsistent. One line naming it."""
+
+
+@dataclass
+class Checkpoint:
+    model: GPT
+    config: GPTConfig
+    meta: dict
+    trainer_state: dict | None = None
+    extra_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokenizer_path: Path | None = None
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return msg[0] if msg else type(e).__name__
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder beside `dest`; on success it replaces `dest`, on error it is removed.
+
+    The old `dest` is renamed away only once the new folder is complete and fsynced, and deleted
+    only after the new one is in place.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _fsync(dest.parent)  # make the renames durable
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def weights_of(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's tensors as safetensors wants them: contiguous, on CPU, tied weight once."""
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED}
+
+
+def save_checkpoint(
+    path,
+    model: GPT,
+    meta: dict,
+    *,
+    tokenizer_path=None,
+    trainer_state: dict | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write `model` (+ meta, tokenizer, trainer state, head tensors) as the checkpoint folder `path`."""
+    dest = Path(path)
+    if tokenizer_path is not None and not Path(tokenizer_path).is_file():
+        raise CheckpointError(f"checkpoint {dest}: tokenizer file {tokenizer_path} not found")
+    with atomic_folder(dest) as tmp:
+        # the JSON and pickle steps come first: they are the ones that fail on bad input
+        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER)
+        (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        save_file(weights_of(model), tmp / WEIGHTS, metadata={"format": "pt"})
+        if extra_tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / HEADS)
+        if tokenizer_path is not None:
+            shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+    return dest
+
+
+def read_json(folder: Path, name: str) -> dict:
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {folder}: {name} is missing")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {folder}: {name} is not valid JSON ({_one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {folder}: {name} is not a JSON object")
+    return obj
+
+
+def read_tensors(folder: Path, name: str, device="cpu") -> dict[str, torch.Tensor]:
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {folder}: {name} is missing")
+    try:
+        return load_file(path, device=str(device))
+    except Exception as e:  # safetensors raises its own error type for bad headers and short files
+        raise CheckpointError(f"checkpoint {folder}: {name} is truncated or corrupt ({_one_line(e)})") from None
+
+
+def config_from_dict(raw: dict, folder: Path) -> GPTConfig:
+    try:
+        return GPTConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {folder}: {CONFIG} is invalid ({_one_line(e)})") from None
+
+
+def load_weights(model: GPT, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy `tensors` into `model`; every parameter but the tied lm_head must be present, nothing else."""
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) == 1:  # keep the stored precision (e.g. bf16) rather than upcasting
+        model.to(dtype=dtypes.pop())
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        msg = " ".join(str(e).split())
+        raise CheckpointError(f"checkpoint {folder}: {WEIGHTS} does not match {CONFIG} ({msg})") from None
+    problems = []
+    if missing := [k for k in missing if k != TIED]:
+        problems.append(f"missing {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:5])}")
+    if problems:
+        raise CheckpointError(f"checkpoint {folder}: {WEIGHTS} does not match {CONFIG} ({'; '.join(problems)})")
+
+
+def load_checkpoint(path, *, device="cpu", load_trainer: bool = False) -> Checkpoint:
+    """Read a checkpoint folder written by `save_checkpoint`, the model on `device`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder}: folder not found")
+    meta = read_json(folder, META)
+    model = GPT.from_pretrained(folder).to(device)
+    trainer_state = None
+    if load_trainer and (folder / TRAINER).is_file():
+        try:
+            trainer_state = torch.load(folder / TRAINER, map_location=device, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {folder}: {TRAINER} is truncated or corrupt ({_one_line(e)})") from None
+    extra = read_tensors(folder, HEADS, device) if (folder / HEADS).is_file() else {}
+    tokenizer = folder / TOKENIZER
+    return Checkpoint(
+        model=model,
+        config=model.config,
+        meta=meta,
+        trainer_state=trainer_state,
+        extra_tensors=extra,
+        tokenizer_path=tokenizer if tokenizer.is_file() else None,
+    )

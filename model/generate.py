@@ -1,0 +1,132 @@
+"""Batched autoregressive sampling from a GPT: left-padded prompts, KV cache, temperature / top-k / top-p, EOS.
+
+Prompts of different lengths are LEFT-padded so every row's next token sits in the same column;
+the attention mask hides the padding and positions count from each row's first real token, so a
+row samples exactly what it would alone. Each sampled token's log-probability is taken under the
+unmodified model distribution (temperature 1, no truncation): what PPO's ratio needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from model.gpt import GPT, KVCache
+
+
+@dataclass
+class GenerateOutput:
+    tokens: list[list[int]]  # new tokens per row, up to and including EOS
+    logprobs: list[list[float]]  # log p(token) under the model at temperature 1, aligned with `tokens`
+    sequences: torch.Tensor  # (B, T_prompt_padded + n_steps) long: left-padded prompts, then new tokens (pad_id after EOS)
+    attention_mask: torch.Tensor  # (B, T_prompt_padded + n_steps) long: 1 = real prompt or generated token, 0 = padding
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
+    """Next token (B,) from logits (B, vocab): argmax at temperature 0, else sample the truncated distribution."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the more likely ones already reach top_p (the most likely always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()  # not inference_mode: PPO later feeds `sequences` back through autograd
+def generate(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> GenerateOutput:
+    """Continue each prompt by up to `max_new_tokens` tokens.
+
+    temperature 0 is greedy; top_k 0 and top_p 1.0 disable those filters. A row stops at `eos_id`
+    (later columns hold `pad_id`); the loop ends when every row has stopped. `use_cache=False`
+    recomputes the whole context every step (the reference the cache is tested against).
+    The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    lens = [len(p) for p in prompts]
+    B, P = len(prompts), max(lens)
+    total = P + max_new_tokens
+    if total > model.config.block_size:
+        raise ValueError(
+            f"longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+            f"the model's block_size of {model.config.block_size}"
+        )
+    device = next(model.parameters()).device
+
+    seq = torch.full((B, total), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, total), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        seq[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) : P] = True
+    seq, mask = seq.to(device), mask.to(device)
+    padded = min(lens) < P  # equal lengths need no mask at all: SDPA's causal kernel suffices
+    position = torch.tensor(lens, device=device)[:, None]  # (B, 1) position of each row's next token
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    logprobs = torch.zeros((B, max_new_tokens), device=device)
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = None
+        if use_cache:
+            dtype = next(model.parameters()).dtype
+            cache = KVCache(model.config, B, total, device=device, dtype=dtype)
+        logits = model(seq[:, :P], attention_mask=mask[:, :P] if padded else None, kv_cache=cache)[:, -1]  # (B, vocab)
+        n = 0
+        while True:
+            tok = _pick(logits, temperature, top_k, top_p, generator)  # (B,)
+            logprobs[:, n] = F.log_softmax(logits.float(), dim=-1).gather(1, tok[:, None]).squeeze(1)
+            if eos_id is not None:
+                tok = tok.masked_fill(done, pad_id)
+            seq[:, P + n] = tok
+            mask[:, P + n] = ~done
+            n += 1
+            if eos_id is not None:
+                done |= tok == eos_id
+                if bool(done.all()):
+                    break
+            if n == max_new_tokens:
+                break
+            m = mask[:, : P + n] if padded else None
+            if use_cache:
+                pos = position + (n - 1) if padded else None  # unpadded rows share positions: the model's arange
+                logits = model(seq[:, P + n - 1 : P + n], attention_mask=m, position_ids=pos, kv_cache=cache)[:, -1]
+            else:
+                logits = model(seq[:, : P + n], attention_mask=m)[:, -1]
+    finally:
+        model.train(was_training)
+
+    new = seq[:, P : P + n].tolist()
+    lps = logprobs[:, :n].tolist()
+    tokens, token_logprobs = [], []
+    for row, lp in zip(new, lps):
+        stop = row.index(eos_id) + 1 if eos_id is not None and eos_id in row else n
+        tokens.append(row[:stop])
+        token_logprobs.append(lp[:stop])
+    return GenerateOutput(tokens, token_logprobs, seq[:, : P + n], mask[:, : P + n].long())

@@ -1,0 +1,272 @@
+"""GPT: the decoder-only Transformer of GPT-1 (Radford et al. 2018), GPT-2 (2019) and InstructGPT (2022).
+
+Architecture choices:
+- token embeddings + learned absolute position embeddings (wte, wpe), dropout on their sum;
+- n_layer blocks of causal multi-head self-attention and a position-wise MLP (4 * n_embd wide,
+  GELU with the tanh approximation, i.e. GPT-2's "gelu_new");
+- norm_position "pre" (GPT-2): x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)); a final ln_f;
+  norm_position "post" (GPT-1): x = ln_1(x + attn(x)); x = ln_2(x + mlp(x)); no final LN;
+- the output projection is tied to the token embedding (lm_head.weight is wte.weight);
+- GPT-2 init: N(0, 0.02) everywhere, residual projections (c_proj) N(0, 0.02 / sqrt(2 * n_layer)),
+  zero biases;
+- attention through F.scaled_dot_product_attention (fused kernels, causal flag when unpadded);
+- left-padded batches: `attention_mask` hides padded keys and positions count from each row's
+  first real token, so a padded row computes exactly what the unpadded sequence would;
+- an optional KV cache (`KVCache`) so decoding feeds only the new tokens.
+
+Parameter names follow nanoGPT / Hugging Face GPT-2 so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024  # context window (tokens)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+    norm_position: str = "pre"  # "pre": GPT-2 (LN before each sublayer + final LN); "post": GPT-1 (LN after residual add, no final LN)
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.norm_position not in ("pre", "post"):
+            raise ValueError(f"GPTConfig.norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated as (n_layer, B, nh, max_T, hs); `pos` slots are filled.
+
+    Preallocating once keeps the decode loop free of per-step concatenations.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_T: int, *, device=None, dtype=torch.float32):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_T, hs)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.max_T = max_T
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's (B, nh, T, hs) keys/values; return all keys/values so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos + T, hs)
+
+
+def attention_mask_for(attention_mask: torch.Tensor | None, T: int, past: int, device) -> tuple[torch.Tensor | None, bool]:
+    """(attn_mask, is_causal) for SDPA: queries are the T new tokens, keys the past + T tokens.
+
+    attn_mask is bool, True = may attend. Without padding we avoid building any mask.
+    """
+    if attention_mask is None and (past == 0 or T == 1):
+        return None, past == 0 and T > 1  # plain causal, or one new token that may see every cached key
+    if attention_mask is not None and T == 1:
+        return attention_mask.bool()[:, None, None, :], False  # (B, 1, 1, past + 1): only padded keys hidden
+    i = torch.arange(past, past + T, device=device)[:, None]  # query positions
+    j = torch.arange(past + T, device=device)[None, :]  # key positions
+    allowed = j <= i  # (T, past + T) causal
+    if attention_mask is None:
+        return allowed, False
+    allowed = allowed & attention_mask.bool()[:, None, :]  # (B, T, past + T) hide padded keys
+    allowed = allowed | (j == i)  # a padding query still sees itself: an all-masked row would be NaN
+    return allowed[:, None], False  # (B, 1, T, past + T)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.layer_idx = layer_idx
+
+    def forward(self, x, attn_mask=None, is_causal=True, kv_cache: KVCache | None = None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # tanh approximation: what GPT-2 was trained with (HF "gelu_new"), in one fused kernel
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+        self.pre_norm = config.norm_position == "pre"
+
+    def forward(self, x, attn_mask=None, is_causal=True, kv_cache=None):
+        if self.pre_norm:  # GPT-2: the residual stream itself is never normalised
+            x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, attn_mask, is_causal, kv_cache))  # GPT-1: normalise after each add
+        return self.ln_2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                # post-LN blocks already end in a LayerNorm, so GPT-1 has no final one
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+                if config.norm_position == "pre"
+                else nn.Identity(),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017)
+
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(N), N = 2 residual adds per layer
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Number of parameters, the tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(self, idx, *, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None):
+        """Final hidden states (B, T, C), after ln_f for pre-LN. Heads (LM, classifier, reward, value) read these.
+
+        idx: (B, T) token ids, the new tokens only when `kv_cache` holds earlier ones.
+        attention_mask: (B, past + T) of 1 = real token, 0 = (left) padding; padded keys are never attended.
+        position_ids: (B, T) or (T,); by default counted from each row's first real token.
+        """
+        B, T = idx.size()
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds the model's block_size of {self.config.block_size}"
+            )
+        if attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
+            else:  # left padding: the first real token is position 0
+                position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))  # (B, T, C)
+        attn_mask, is_causal = attention_mask_for(attention_mask, T, past, idx.device)
+        for block in self.transformer.h:
+            x = block(x, attn_mask, is_causal, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, *, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None):
+        """Logits (B, T, vocab); with `targets` (B, T) also the mean cross-entropy, as (logits, loss).
+
+        targets[b, t] is the token that should follow idx[b, t] (already shifted); -100 is ignored.
+        """
+        x = self.hidden_states(idx, attention_mask=attention_mask, position_ids=position_ids, kv_cache=kv_cache)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str):
+        """AdamW; weight decay only on matmul weights (not biases, LayerNorms or the wte/wpe embeddings)."""
+        embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
+        no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
+
+    @classmethod
+    def from_pretrained(cls, path, *, dropout: float | None = None) -> GPT:
+        """Load our checkpoint folder or a Hugging Face GPT-2 folder (config.json + model.safetensors).
+
+        The kind is told by config.json: `model_type: gpt2` is Hugging Face. Weights are read with
+        safetensors only (no pickles). `dropout` overrides the stored value (HF: resid_pdrop).
+        """
+        from model import checkpoint, hf  # both import this module
+
+        folder = Path(path)
+        raw = checkpoint.read_json(folder, checkpoint.CONFIG)
+        tensors = checkpoint.read_tensors(folder, checkpoint.WEIGHTS)
+        if raw.get("model_type") == "gpt2":
+            config = hf.config_from_hf(raw, folder)
+            tensors = hf.state_dict_from_hf(tensors, folder)
+        else:
+            config = checkpoint.config_from_dict(raw, folder)
+        if dropout is not None:
+            config = replace(config, dropout=dropout)
+        model = cls(config)
+        checkpoint.load_weights(model, tensors, folder)
+        return model

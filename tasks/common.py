@@ -1,0 +1,141 @@
+"""Plumbing shared by every stage: errors, atomic writes, devices, seeds, the `__main__` wrapper.
+
+Every stage module ends with::
+
+    if __name__ == "__main__":
+        stage_main(run)
+
+which parses ``[--params params.yaml] [hydra overrides ...]``, validates the config, runs the
+stage and turns any bad-input error into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class InputError(Exception):
+    """Bad input (file, key or row). The message is one line naming what is at fault."""
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temp folder beside `dest`; on success it replaces `dest` in one rename.
+
+    On any exception the temp folder is removed and `dest` is left exactly as it was, so a
+    crash never leaves a half-written output and never destroys the previous good one.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temp file and a rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file; a line that is not a JSON object is an InputError naming file and row."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}: row {i} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{path}: row {i} is not a JSON object")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    return atomic_write_text(path, text)
+
+
+def resolve_device(name: str) -> str:
+    """'auto' picks cuda when available, else cpu; anything else is passed through."""
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stage_main(run: Callable[[Any], dict], argv: list[str] | None = None) -> None:
+    """`python -m tasks.<stage> [--params params.yaml] [overrides ...]` for a stage's `run(cfg)`.
+
+    With `--params` the resolved config is read from that file (how `dvc repro` runs stages);
+    otherwise `conf/` is composed with the overrides. Bad input exits 2 with one line.
+    """
+    from model.checkpoint import CheckpointError
+    from tasks.config import ConfigError, compose, load_params
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["--params"]:
+            if len(argv) < 2:
+                raise ConfigError("--params needs a file name")
+            cfg = load_params(argv[1], argv[2:])
+        else:
+            cfg = compose(argv)
+        metrics = run(cfg)
+    except (InputError, ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if metrics:
+        print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -1,0 +1,342 @@
+"""pretrain stage: GPT-1 §3.1, next-token pre-training on the tokenized corpus.
+
+    python -m tasks.pretrain                                     # conf/ defaults
+    python -m tasks.pretrain experiment=smoke pretrain.max_steps=50   # tiny CPU run, seconds
+    python -m tasks.pretrain pretrain.resume=true                # continue from models/pretrain
+    torchrun --nproc_per_node=2 -m tasks.pretrain --params params.yaml   # DDP (gloo on CPU)
+
+AdamW (fused on CUDA; no decay on biases, norms, embeddings), linear warm-up then cosine
+decay, gradient clipping and accumulation, periodic validation, bf16 autocast on CUDA,
+optional `torch.compile`. Batches are a pure function of (seed, step): every step draws
+`batch_size` random windows from train.bin, split across processes and micro-batches, so
+the same global batch is seen whatever the world size, and a resumed run replays exactly.
+The checkpoint (atomic) holds `trainer.pt` (optimizer, RNG, history) for exact resumption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from tasks import tracking
+from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, stage_main
+
+
+@dataclass
+class PretrainConfig:
+    data_dir: str = "data/tokenized"  # train.bin, val.bin, meta.json, tokenizer.json
+    out_dir: str = "models/pretrain"  # checkpoint folder
+    metrics_file: str = "metrics/pretrain.json"  # final metrics (DVC metrics)
+    curve_file: str = "metrics/pretrain_curve.csv"  # step,train_loss,val_loss (DVC plot)
+    init: str = "scratch"  # scratch | checkpoint folder | Hugging Face GPT-2 folder
+    block_size: int = -1  # tokens per training sequence; -1 = model.block_size
+    batch_size: int = 32  # sequences per optimizer step, all processes together
+    micro_batch_size: int = 32  # sequences per forward pass per process
+    max_steps: int = 600  # optimizer steps
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # end of the cosine decay
+    warmup_steps: int = 50  # linear warm-up, steps
+    weight_decay: float = 0.1  # AdamW decay on matmul weights
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    eval_every: int = 100  # steps between validation passes; 0 = only at the end
+    eval_batches: int = 10  # micro-batches per validation pass
+    ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
+    resume: bool = False  # continue from the checkpoint in out_dir
+    compile: bool = False  # torch.compile the model
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
+    log_every: int = 10  # steps between metric logs
+    progress: bool = True  # progress bar with tokens/s
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+class NonFiniteLoss(InputError):
+    """Training diverged; the last good checkpoint is kept."""
+
+
+def lr_at(step: int, pc: PretrainConfig) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `min_lr` at `max_steps`."""
+    if step < pc.warmup_steps:
+        return pc.lr * (step + 1) / pc.warmup_steps
+    progress = (step - pc.warmup_steps) / max(1, pc.max_steps - pc.warmup_steps)
+    return pc.min_lr + 0.5 * (pc.lr - pc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def load_tokens(data_dir: Path) -> tuple[dict, np.memmap, np.memmap]:
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: not found (run the tokenize stage first)")
+    meta = json.loads(meta_path.read_text())
+    bins = [np.memmap(data_dir / f"{s}.bin", dtype=np.dtype(meta["dtype"]), mode="r") for s in ("train", "val")]
+    return meta, bins[0], bins[1]
+
+
+def window_batch(data: np.memmap, offsets: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets for windows starting at `offsets`."""
+    rows = np.stack([np.asarray(data[o : o + T + 1], dtype=np.int64) for o in offsets.tolist()])
+    xy = torch.from_numpy(rows)  # (B, T+1)
+    return xy[:, :-1], xy[:, 1:]
+
+
+def step_offsets(seed: int, step: int, n: int, high: int) -> torch.Tensor:
+    """The global batch of step `step`: a pure function of (seed, step), identical on all ranks."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, high, (n,), generator=g)
+
+
+class Trainer:
+    """Holds the model, optimizer and data of one pre-training run (one per process)."""
+
+    def __init__(self, cfg, pc: PretrainConfig):
+        self.cfg, self.pc = cfg, pc
+        self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        device = resolve_device(cfg.device)
+        if self.ddp:
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend=backend)
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            if device.startswith("cuda"):
+                device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+                torch.cuda.set_device(device)
+        else:
+            self.rank, self.world = 0, 1
+        self.device = device
+        self.master = self.rank == 0
+        if pc.threads > 0:
+            torch.set_num_threads(pc.threads)
+
+        self.data_dir = Path(pc.data_dir)
+        self.meta, self.train_data, self.val_data = load_tokens(self.data_dir)
+        mc = cfg.model
+        self.T = pc.block_size if pc.block_size > 0 else mc.block_size
+        if self.T > mc.block_size:
+            raise InputError(f"pretrain.block_size={self.T} exceeds the model's context model.block_size={mc.block_size}")
+        if pc.batch_size % (pc.micro_batch_size * self.world):
+            raise InputError(
+                f"pretrain.batch_size={pc.batch_size} is not divisible by micro_batch_size={pc.micro_batch_size} x processes={self.world}"
+            )
+        self.accum = pc.batch_size // (pc.micro_batch_size * self.world)
+        for name, data in (("train", self.train_data), ("val", self.val_data)):
+            if len(data) <= self.T + 1:
+                raise InputError(f"{self.data_dir / (name + '.bin')}: {len(data)} tokens, fewer than one window of {self.T + 1}")
+
+        self.out_dir = Path(pc.out_dir)
+        resume_from = self.out_dir if pc.resume and (self.out_dir / "trainer.pt").is_file() else None
+        self.trainer_state = None
+        if resume_from is not None:
+            ckpt = load_checkpoint(resume_from, load_trainer=True)
+            self.model, self.trainer_state = ckpt.model, ckpt.trainer_state
+        elif pc.init != "scratch":
+            self.model = GPT.from_pretrained(pc.init, dropout=mc.dropout)
+        else:
+            torch.manual_seed(cfg.seed)
+            gcfg = GPTConfig(vocab_size=self.meta["vocab_size"], **{k: v for k, v in OmegaConf.to_container(mc).items() if k != "name"})
+            self.model = GPT(gcfg)
+        if self.model.config.vocab_size < self.meta["vocab_size"]:
+            raise InputError(
+                f"{pc.init}: model vocabulary {self.model.config.vocab_size} is smaller than the tokenizer's {self.meta['vocab_size']}"
+            )
+        self.model.to(self.device)
+        self.optimizer = self.model.configure_optimizers(
+            pc.weight_decay, pc.lr, (pc.beta1, pc.beta2), "cuda" if self.device.startswith("cuda") else "cpu"
+        )
+        self.step, self.history = 0, []
+        if self.trainer_state is not None:
+            st = self.trainer_state
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.step, self.history = int(st["step"]), list(st["history"])
+            torch.set_rng_state(st["rng_cpu"])
+        self.net = torch.compile(self.model) if pc.compile else self.model
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.net, device_ids=[self.device] if self.device.startswith("cuda") else None)
+        use_bf16 = pc.dtype == "bfloat16" or (pc.dtype == "auto" and self.device.startswith("cuda"))
+        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        self.autocast = (
+            (lambda: torch.autocast(device_type=dev_type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        )
+        # fixed validation windows, the same at every evaluation and after resuming
+        n_val = pc.eval_batches * pc.micro_batch_size
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        self.val_offsets = torch.randint(0, len(self.val_data) - self.T - 1, (n_val,), generator=g)
+
+    def mean_over_ranks(self, x: torch.Tensor) -> float:
+        if self.ddp:
+            x = x.detach().clone()
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+            x /= self.world
+        return x.item()
+
+    def train_step(self) -> float:
+        pc, mb = self.pc, self.pc.micro_batch_size
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, pc)
+        offsets = step_offsets(self.cfg.seed, self.step, pc.batch_size, len(self.train_data) - self.T - 1)
+        mine = offsets.view(self.world, -1)[self.rank]  # (accum * mb,)
+        self.net.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for i in range(self.accum):
+            x, y = window_batch(self.train_data, mine[i * mb : (i + 1) * mb], self.T)
+            x, y = x.to(self.device), y.to(self.device)
+            sync = not self.ddp or i == self.accum - 1
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
+                _, loss = self.net(x, y)
+            (loss / self.accum).backward()
+            loss_sum += loss.detach()
+        loss = self.mean_over_ranks(loss_sum / self.accum)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"pretrain: non-finite loss ({loss}) at step {self.step + 1}; last good checkpoint kept in {self.out_dir}"
+            )
+        if pc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), pc.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.net.eval()
+        mb = self.pc.micro_batch_size
+        mine = self.val_offsets.view(-1, mb)[self.rank :: self.world]
+        total = torch.zeros((), device=self.device)
+        for offs in mine:
+            x, y = window_batch(self.val_data, offs, self.T)
+            with self.autocast():
+                _, loss = self.net(x.to(self.device), y.to(self.device))
+            total += loss.float()
+        return self.mean_over_ranks(total / max(1, len(mine)))
+
+    def save(self, metrics: dict) -> None:
+        if not self.master:
+            return
+        meta = {
+            "stage": "pretrain",
+            "step": self.step,
+            "metrics": metrics,
+            "tokens_seen": self.step * self.pc.batch_size * self.T,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "history": self.history,
+            "rng_cpu": torch.get_rng_state(),
+        }
+        save_checkpoint(self.out_dir, self.model, meta, tokenizer_path=self.data_dir / "tokenizer.json", trainer_state=state)
+
+
+def write_curve(path: Path, history: list[dict]) -> None:
+    lines = ["step,train_loss,val_loss"]
+    for h in history:
+        val = h.get("val_loss")
+        lines.append(f"{h['step']},{h['train_loss']!r},{'' if val is None else repr(val)}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_curve(history: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], label="train")
+    val = [h for h in history if h.get("val_loss") is not None]
+    ax.plot([h["step"] for h in val], [h["val_loss"] for h in val], "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
+    """Run (or resume) pre-training; returns the final metrics and the logged history."""
+    tr = Trainer(cfg, pc)
+    tokens_per_step = pc.batch_size * tr.T
+    bar = None
+    if tr.master and pc.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=pc.max_steps, initial=tr.step, desc="pretrain", unit="step", dynamic_ncols=True)
+    last_val = next((h["val_loss"] for h in reversed(tr.history) if h.get("val_loss") is not None), None)
+    t0, tok_s, steps_timed = time.perf_counter(), 0.0, 0
+    try:
+        while tr.step < pc.max_steps:
+            loss = tr.train_step()
+            steps_timed += 1
+            tok_s = steps_timed * tokens_per_step / (time.perf_counter() - t0)
+            record = {"step": tr.step, "train_loss": loss}
+            final = tr.step == pc.max_steps
+            if (pc.eval_every and tr.step % pc.eval_every == 0) or final:
+                last_val = tr.evaluate()
+                record["val_loss"] = last_val
+            if tr.step % max(1, pc.log_every) == 0 or "val_loss" in record or final:
+                tr.history.append(record)
+                if tr.master:
+                    m = {"train/loss": loss, "train/lr": lr_at(tr.step - 1, pc), "train/tokens_per_s": tok_s}
+                    if "val_loss" in record:
+                        m.update({"val/loss": last_val, "val/ppl": math.exp(min(last_val, 50))})
+                    tracking.log_metrics(m, step=tr.step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
+            if pc.ckpt_every and tr.step % pc.ckpt_every == 0 and not final:
+                tr.save({"train_loss": loss, "val_loss": last_val})
+    finally:
+        if bar is not None:
+            bar.close()
+    if last_val is None:  # resumed a finished run: nothing trained, evaluate once
+        last_val = tr.evaluate()
+    last_train = tr.history[-1]["train_loss"] if tr.history else float("nan")
+    metrics = {
+        "train_loss": last_train,
+        "val_loss": last_val,
+        "val_ppl": math.exp(min(last_val, 50)),
+        "step": float(tr.step),
+        "tokens_seen": float(tr.step * tokens_per_step),
+        "tokens_per_s": tok_s,
+        "params": float(tr.model.num_params()),
+    }
+    tr.save(metrics)
+    if tr.master:
+        atomic_write_json(pc.metrics_file, metrics)
+        write_curve(Path(pc.curve_file), tr.history)
+    if tr.ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics, tr.history
+
+
+def run(cfg) -> dict[str, float]:
+    pc: PretrainConfig = OmegaConf.to_object(cfg.pretrain)
+    master = int(os.environ.get("RANK", "0")) == 0
+    ctx = tracking.stage_run(cfg, "pretrain", sections=["model", "pretrain", "seed"]) if master else contextlib.nullcontext()
+    with ctx:
+        out, history = train(cfg, pc)
+        if master:
+            tracking.log_metrics({f"final/{k}": v for k, v in out.items()})
+            if history:
+                tracking.log_figure(plot_curve(history), "loss_curve.png")
+            if cfg.tracking.log_checkpoints:
+                tracking.log_checkpoint(pc.out_dir)
+    return out if master else {}
+
+
+if __name__ == "__main__":
+    stage_main(run)

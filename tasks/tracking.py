@@ -1,0 +1,139 @@
+"""MLflow tracking for stages: one child run per stage under the pipeline's parent run.
+
+A stage opens ``with stage_run(cfg, "pretrain", sections=["model", "pretrain"]) as run:`` and
+logs through MLflow's own API inside it. When the Prefect flow (or any caller) exports
+``INSTRUCTFLOW_PARENT_RUN_ID``, the stage's run nests under that parent, even across the
+``dvc repro`` subprocess boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PARENT_ENV = "INSTRUCTFLOW_PARENT_RUN_ID"
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True  # false: stages log nothing to MLflow
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking store (relative paths resolve from the cwd)
+    artifact_dir: str = "mlruns"  # where a new experiment stores artifacts (local folder or URI)
+    experiment: str = "instructflow"  # MLflow experiment name
+    log_checkpoints: bool = True  # upload checkpoint folders as run artifacts
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as their string form."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def setup(tcfg: TrackingConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id (creating it if needed)."""
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tcfg.uri)
+    exp = mlflow.get_experiment_by_name(tcfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    loc = tcfg.artifact_dir
+    if "://" not in loc:
+        loc = Path(loc).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(tcfg.experiment, artifact_location=loc)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another stage
+        return mlflow.get_experiment_by_name(tcfg.experiment).experiment_id
+
+
+@contextlib.contextmanager
+def stage_run(cfg: Any, stage: str, sections: list[str], run_name: str | None = None) -> Iterator[Any]:
+    """Open the MLflow run of one stage; yields the ActiveRun, or None when tracking is off.
+
+    Logs the `sections` of the resolved config as flattened dotted params, the whole resolved
+    config as `config.yaml`, and tags stage, git commit and parent.
+    """
+    from omegaconf import OmegaConf
+
+    tcfg: TrackingConfig = cfg.tracking
+    if not tcfg.enabled:
+        yield None
+        return
+    import mlflow
+
+    exp_id = setup(tcfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = {}
+    for s in sections:
+        params.update(flatten(resolved[s], f"{s}."))
+    tags = {"instructflow.stage": stage}
+    if commit := git_commit():
+        tags["git.commit"] = commit
+    parent = os.environ.get(PARENT_ENV) or None
+    with mlflow.start_run(
+        experiment_id=exp_id, run_name=run_name or stage, parent_run_id=parent, tags=tags
+    ) as run:
+        # MLflow caps a param value at 6000 chars; long lists are summarised by the config artifact
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_dict(resolved, "config.yaml")
+        yield run
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log to the active run, if any (stages call this unconditionally)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifacts(path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+
+
+def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_checkpoint(path: str | os.PathLike, artifact_path: str = "checkpoint") -> None:
+    """Upload a checkpoint folder's weights, config, meta and tokenizer (not the optimizer state)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    for f in sorted(Path(path).iterdir()):
+        if f.is_file() and f.name != "trainer.pt":
+            mlflow.log_artifact(str(f), artifact_path=artifact_path)
+
+
+def log_figure(fig: Any, name: str) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_figure(fig, name)

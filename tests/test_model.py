@@ -1,0 +1,296 @@
+"""model/: the GPT itself, sampling, and checkpoints (tiny models, CPU, a few seconds in all)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from model import GPT, CheckpointError, GPTConfig, KVCache, generate, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [[5, 17, 3], [9, 2, 44, 61, 7, 30, 12], [1], [8, 8, 100, 27, 5]]
+
+
+def tiny(norm_position="pre", seed=0, **kw) -> GPT:
+    """A tiny GPT with weights scaled up so its outputs are far from uniform (greedy paths vary)."""
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=128, block_size=64, n_layer=2, n_head=2, n_embd=32, norm_position=norm_position)
+    model = GPT(GPTConfig(**(cfg | kw)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+def left_pad(prompts, pad=0):
+    P = max(map(len, prompts))
+    idx = torch.tensor([[pad] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    return idx, mask
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_unknown_key():
+    cfg = GPTConfig(n_layer=3, norm_position="post")
+    assert GPTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="n_lyer"):
+        GPTConfig.from_dict({"n_lyer": 3})
+    with pytest.raises(ValueError, match="norm_position"):
+        GPTConfig(norm_position="middle")
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+
+
+# --- forward ------------------------------------------------------------------------------------
+
+
+def test_tied_embeddings_and_gpt2_init():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, block_size=32, n_layer=8, n_head=4, n_embd=128))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.num_params() == sum(p.numel() for p in set(model.parameters()))
+    std_proj = model.transformer.h[0].attn.c_proj.weight.std().item()
+    std_fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert abs(std_fc - 0.02) < 0.002 and abs(std_proj - 0.02 / 4) < 0.001
+
+
+def test_forward_shapes_loss_and_block_size():
+    model = tiny()
+    idx = torch.randint(128, (2, 10))
+    assert model(idx).shape == (2, 10, 128)
+    assert model.hidden_states(idx).shape == (2, 10, 32)
+    targets = idx.roll(-1, dims=1)
+    targets[:, -1] = -100
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 128), targets[:, :-1].reshape(-1))
+    assert torch.allclose(loss, expected)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_left_padding_matches_unpadded(norm_position):
+    model = tiny(norm_position)
+    idx, mask = left_pad(PROMPTS)
+    with torch.no_grad():
+        padded = model(idx, attention_mask=mask)
+        for row, p in enumerate(PROMPTS):
+            alone = model(torch.tensor([p]))[0]
+            torch.testing.assert_close(padded[row, -len(p) :], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_kv_cache_matches_full_forward(padded):
+    model = tiny()
+    prompts = PROMPTS if padded else [p[:1] + [3, 4, 5, 6] for p in PROMPTS]
+    idx, mask = left_pad(prompts)
+    T0 = idx.size(1)
+    extra = torch.randint(128, (len(prompts), 4))
+    full_idx = torch.cat([idx, extra], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1) if padded else None
+    with torch.no_grad():
+        full = model(full_idx, attention_mask=full_mask)
+        cache = KVCache(model.config, len(prompts), full_idx.size(1))
+        step = [model(idx, attention_mask=mask if padded else None, kv_cache=cache)]
+        step.append(model(extra[:, :2], attention_mask=full_mask[:, : T0 + 2] if padded else None, kv_cache=cache))
+        for t in (2, 3):  # then one token at a time
+            m = full_mask[:, : T0 + t + 1] if padded else None
+            step.append(model(extra[:, t : t + 1], attention_mask=m, kv_cache=cache))
+    real = full_mask.bool() if padded else torch.ones(full_idx.shape, dtype=torch.bool)
+    torch.testing.assert_close(torch.cat(step, dim=1)[real], full[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_both_norm_positions_train(norm_position):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=32, n_layer=2, n_head=2, n_embd=32, norm_position=norm_position))
+    opt = model.configure_optimizers(weight_decay=0.1, lr=3e-3, betas=(0.9, 0.95), device_type="cpu")
+    data = torch.arange(8).repeat(5)[None, :33]  # a tiny repeated sequence
+    x, y = data[:, :-1], data[:, 1:]
+    losses = []
+    for _ in range(30):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_configure_optimizers_decays_only_matmul_weights():
+    model = tiny()
+    opt = model.configure_optimizers(weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95), device_type="cpu")
+    decay, no_decay = (g["params"] for g in opt.param_groups)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert id(model.transformer.wte.weight) in ids(no_decay) and id(model.transformer.wpe.weight) in ids(no_decay)
+    assert all(p.dim() == 2 for p in decay) and len(decay) == 4 * model.config.n_layer
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+
+
+# --- generate -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_greedy_cache_equals_recompute_and_unpadded(norm_position):
+    model = tiny(norm_position)
+    cached = generate(model, PROMPTS, 20, temperature=0)
+    recomputed = generate(model, PROMPTS, 20, temperature=0, use_cache=False)
+    assert cached.tokens == recomputed.tokens
+    assert len({tuple(t) for t in cached.tokens}) > 1 and len(set(cached.tokens[1])) > 1  # not degenerate
+    for row, p in enumerate(PROMPTS):
+        alone = generate(model, [p], 20, temperature=0)
+        assert alone.tokens[0] == cached.tokens[row]
+        assert alone.logprobs[0] == pytest.approx(cached.logprobs[row], abs=1e-4)
+    P = max(map(len, PROMPTS))
+    assert cached.sequences.shape == cached.attention_mask.shape == (len(PROMPTS), P + 20)
+    assert cached.sequences[:, P:].tolist() == cached.tokens
+    assert cached.attention_mask.sum(1).tolist() == [len(p) + 20 for p in PROMPTS]
+
+
+def test_logprobs_are_the_unmodified_distribution():
+    model = tiny()
+    g = torch.Generator().manual_seed(0)
+    out = generate(model, PROMPTS, 6, temperature=0.7, top_k=5, generator=g)
+    with torch.no_grad():
+        logits = model(out.sequences, attention_mask=out.attention_mask)
+    logp = F.log_softmax(logits, dim=-1)
+    P = max(map(len, PROMPTS))
+    for row in range(len(PROMPTS)):
+        for t, (tok, lp) in enumerate(zip(out.tokens[row], out.logprobs[row])):
+            assert lp == pytest.approx(logp[row, P + t - 1, tok].item(), abs=1e-4)
+
+
+def test_top_k_and_top_p_stay_in_the_allowed_set():
+    model = tiny()
+    prompt = [[5, 17, 3]]
+    with torch.no_grad():
+        probs = F.softmax(model(torch.tensor(prompt))[0, -1], dim=-1)
+    order = probs.argsort(descending=True).tolist()
+    top3 = set(order[:3])
+    cum, nucleus = 0.0, set()
+    for tok in order:  # smallest set whose mass reaches 0.5
+        nucleus.add(tok)
+        cum += probs[tok].item()
+        if cum >= 0.5:
+            break
+    g = torch.Generator().manual_seed(0)
+    k_draws = {generate(model, prompt * 8, 1, top_k=3, generator=g).tokens[i][0] for _ in range(10) for i in range(8)}
+    p_draws = {generate(model, prompt * 8, 1, top_p=0.5, generator=g).tokens[i][0] for _ in range(10) for i in range(8)}
+    assert k_draws <= top3 and len(k_draws) > 1
+    assert p_draws <= nucleus
+
+
+def test_eos_stops_a_row_and_the_batch():
+    model = tiny()
+    greedy = generate(model, PROMPTS, 12, temperature=0)
+    eos = greedy.tokens[1][3]  # row 1 hits this at step 4 (others may too, earlier or later)
+    out = generate(model, PROMPTS, 12, temperature=0, eos_id=eos, pad_id=127)
+    for row, toks in enumerate(out.tokens):
+        full = greedy.tokens[row]
+        stop = full.index(eos) + 1 if eos in full else len(full)
+        assert toks == full[:stop]
+        P = max(map(len, PROMPTS))
+        after = out.sequences[row, P + len(toks) :]
+        assert (after == 127).all() and (out.attention_mask[row, P + len(toks) :] == 0).all()
+    # every row stopping ends the loop early
+    single = generate(model, [PROMPTS[1]], 12, temperature=0, eos_id=eos)
+    assert single.tokens[0] == greedy.tokens[1][:4]
+    assert single.sequences.shape[1] == len(PROMPTS[1]) + 4
+
+
+def test_generate_rejects_overlong_and_keeps_train_mode():
+    model = tiny().train()
+    with pytest.raises(ValueError, match="block_size"):
+        generate(model, PROMPTS, 60)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, [[1], []], 4)
+    generate(model, PROMPTS, 2)
+    assert model.training
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny("post")
+    tok = tmp_path / "tok.json"
+    tok.write_text('{"model": {}}')
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    _, loss = model(torch.randint(128, (1, 8)), torch.randint(128, (1, 8)))
+    loss.backward()
+    opt.step()
+    heads = {"value.weight": torch.randn(1, 32), "value.bias": torch.zeros(1)}
+    state = {"optimizer": opt.state_dict(), "step": 7, "rng": torch.get_rng_state()}
+    path = save_checkpoint(
+        tmp_path / "ck", model, {"stage": "sft", "step": 7}, tokenizer_path=tok, trainer_state=state, extra_tensors=heads
+    )
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        ["model.safetensors", "config.json", "meta.json", "tokenizer.json", "trainer.pt", "heads.safetensors"]
+    )
+    ck = load_checkpoint(path, load_trainer=True)
+    assert ck.config == model.config and ck.meta == {"stage": "sft", "step": 7}
+    assert ck.model.lm_head.weight is ck.model.transformer.wte.weight
+    for (k, a), b in zip(model.state_dict().items(), ck.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert ck.trainer_state["step"] == 7 and torch.equal(ck.trainer_state["rng"], state["rng"])
+    assert set(ck.extra_tensors) == set(heads) and torch.equal(ck.extra_tensors["value.weight"], heads["value.weight"])
+    assert ck.tokenizer_path.read_text() == tok.read_text()
+    assert load_checkpoint(path).trainer_state is None
+    assert GPT.from_pretrained(path, dropout=0.2).config.dropout == 0.2
+
+
+def test_save_failure_keeps_the_old_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "ck", tiny(seed=1), {"step": 1})
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    with pytest.raises(Exception):
+        save_checkpoint(path, tiny(seed=2), {"step": 2}, trainer_state={"fn": lambda: 0})  # lambdas don't pickle
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temp folder left behind
+    save_checkpoint(path, tiny(seed=2), {"step": 2})  # a good save replaces it
+    assert load_checkpoint(path).meta == {"step": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_corrupt_checkpoints_raise_checkpoint_error(tmp_path):
+    path = save_checkpoint(tmp_path / "ck", tiny(), {"step": 1})
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupt") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+    path = save_checkpoint(tmp_path / "ck2", tiny(), {"step": 1})
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json is not valid JSON"):
+        load_checkpoint(path)
+    (path / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match="meta.json is missing"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="folder not found"):
+        load_checkpoint(tmp_path / "nope")
+
+    path = save_checkpoint(tmp_path / "ck3", tiny(), {"step": 1})
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(cfg | {"n_layer": 3}))
+    with pytest.raises(CheckpointError, match="does not match config.json"):
+        load_checkpoint(path)
+    (path / "config.json").write_text(json.dumps(cfg | {"n_lyer": 3}))
+    with pytest.raises(CheckpointError, match="n_lyer"):
+        load_checkpoint(path)
+
+
+def test_model_package_imports_no_optional_dependencies():
+    code = (
+        "import sys, model, model.hf; "
+        "bad = {'transformers', 'prefect', 'mlflow', 'dvc', 'hydra', 'omegaconf'} & sys.modules.keys(); "
+        "print(sorted(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
