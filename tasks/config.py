@@ -18,7 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tasks.common import atomic_write_text
 from tasks.data import DataConfig
+from tasks.finetune import FinetuneConfig
 from tasks.pretrain import PretrainConfig
+from tasks.prompt_eval import PromptEvalConfig
 from tasks.tokenize import TokenizerConfig
 from tasks.tracking import TrackingConfig
 
@@ -53,6 +55,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    prompt_eval: PromptEvalConfig = field(default_factory=PromptEvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 

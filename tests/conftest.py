@@ -1,0 +1,88 @@
+"""Shared fixtures: a scratch project (a temp git + DVC repo holding a copy of the code and
+conf/), real MLflow on SQLite inside it, and one Prefect test harness per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ("conf", "tasks", "model", "flows", "dvc.yaml", "pyproject.toml")
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cmd(args: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 600):
+    """Run a command with the project's interpreter first on PATH; return the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_project(dest: Path) -> Path:
+    """A self-contained copy of the project in a fresh git + DVC repo."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/.prefect/\n__pycache__/\n")
+    run_cmd(["git", "init", "-q"], dest)
+    run_cmd(["git", "config", "user.email", "test@example.invalid"], dest)
+    run_cmd(["git", "config", "user.name", "test"], dest)
+    run_cmd([sys.executable, "-m", "dvc", "init", "-q"], dest)
+    run_cmd([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], dest)
+    run_cmd(["git", "add", "-A"], dest)
+    run_cmd(["git", "commit", "-qm", "init"], dest)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A scratch project as the working directory, MLflow on SQLite inside it."""
+    proj = make_project(tmp_path / "proj")
+    monkeypatch.chdir(proj)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    return proj
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test harness (a temporary API server) for the whole session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def write_corpus(path: Path, docs: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pydoc_docs() -> list[str]:
+    import pydoc_data.topics
+
+    return [v for _, v in sorted(pydoc_data.topics.topics.items())]

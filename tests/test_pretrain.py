@@ -1,0 +1,124 @@
+"""pretrain stage: learning, exact resumption, DDP equivalence, divergence and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cmd, write_corpus
+from model import CheckpointError, load_checkpoint
+from tasks import pretrain, tokenize
+from tasks.common import InputError
+from tasks.config import compose, write_params
+
+SMALL = ["experiment=smoke", "tracking.enabled=false", "pretrain.log_every=1"]
+
+
+@pytest.fixture
+def tokenized(tmp_path, monkeypatch, pydoc_docs):
+    """A working directory holding a tokenized pydoc corpus."""
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "data/raw/corpus.jsonl", pydoc_docs)
+    tokenize.run(compose([*SMALL]))
+    return tmp_path
+
+
+def curve(path="metrics/pretrain_curve.csv") -> dict[int, str]:
+    """step -> train loss as written (repr of the float, so equality is bit-exact)."""
+    rows = Path(path).read_text().splitlines()[1:]
+    return {int(r.split(",")[0]): r.split(",")[1] for r in rows}
+
+
+def test_loss_decreases_and_checkpoint_written(tokenized):
+    metrics = pretrain.run(compose([*SMALL, "pretrain.max_steps=40"]))
+    losses = curve()
+    assert losses[40] < losses[1]
+    assert float(losses[1]) > 5.5  # ~ln(512): starts near uniform
+    ckpt = load_checkpoint("models/pretrain", load_trainer=True)
+    assert ckpt.meta["step"] == 40 and ckpt.trainer_state["step"] == 40
+    assert (Path("models/pretrain") / "tokenizer.json").is_file()
+    assert json.loads(Path("metrics/pretrain.json").read_text())["val_loss"] == metrics["val_loss"]
+
+
+def test_block_size_larger_than_context(tokenized):
+    with pytest.raises(InputError, match="pretrain.block_size=128 exceeds"):
+        pretrain.run(compose([*SMALL, "pretrain.block_size=128"]))
+
+
+def test_kill_and_resume_is_bit_exact(tokenized):
+    steps = 150
+    args = [*SMALL, f"pretrain.max_steps={steps}", "pretrain.ckpt_every=10", "pretrain.eval_every=50"]
+    pretrain.run(compose(args))
+    reference = curve()
+    assert len(reference) == steps
+
+    write_params(compose(args), "params.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    meta = Path("models/pretrain/meta.json")
+    deadline = time.time() + 120
+    killed_at = None
+    first = json.loads(meta.read_text())["step"] if meta.exists() else None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            step = json.loads(meta.read_text())["step"]
+        except (OSError, ValueError):
+            step = None
+        if step is not None and step != first and step >= 30:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = step
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
+    resumed_from = load_checkpoint("models/pretrain").meta["step"]
+    assert resumed_from < steps
+
+    pretrain.run(compose([*args, "pretrain.resume=true"]))
+    resumed = curve()
+    assert set(resumed) == set(reference)
+    assert resumed == reference  # every step's loss, bit for bit
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tokenized):
+    args = [*SMALL, "pretrain.max_steps=8", "pretrain.eval_every=4", "pretrain.batch_size=8", "pretrain.micro_batch_size=4"]
+    pretrain.run(compose(args))
+    single = {k: float(v) for k, v in curve().items()}
+    write_params(compose([*args, "pretrain.out_dir=models/ddp", "pretrain.curve_file=metrics/ddp.csv", "pretrain.metrics_file=metrics/ddp.json"]), "params.yaml")
+    run_cmd(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tasks.pretrain", "--params", "params.yaml"],
+        cwd=tokenized,
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    ddp = {k: float(v) for k, v in curve("metrics/ddp.csv").items()}
+    assert set(ddp) == set(single)
+    for k in single:
+        assert abs(ddp[k] - single[k]) < 1e-5, (k, ddp[k], single[k])
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tokenized):
+    pretrain.run(compose([*SMALL, "pretrain.max_steps=10"]))
+    good = Path("models/pretrain/model.safetensors").read_bytes()
+    write_params(compose([*SMALL, "pretrain.max_steps=200", "pretrain.lr=1e12", "pretrain.min_lr=1e12", "pretrain.warmup_steps=1", "pretrain.grad_clip=0", "pretrain.ckpt_every=1000"]), "params.yaml")
+    proc = run_cmd([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], cwd=tokenized, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "non-finite loss" in lines[0], proc.stderr
+    assert Path("models/pretrain/model.safetensors").read_bytes() == good
+
+
+def test_truncated_checkpoint_is_a_clear_error(tokenized):
+    pretrain.run(compose([*SMALL, "pretrain.max_steps=5"]))
+    weights = Path("models/pretrain/model.safetensors")
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        pretrain.run(compose([*SMALL, "pretrain.max_steps=10", "pretrain.resume=true"]))
+    write_params(compose([*SMALL, "pretrain.max_steps=10", "pretrain.resume=true"]), "params.yaml")
+    proc = run_cmd([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], cwd=tokenized, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
