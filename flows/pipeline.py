@@ -81,8 +81,11 @@ def run_stage(stage: str, parent_run_id: str | None) -> dict:
         if line.strip():
             logger.info("%s | %s", stage, line)
     if proc.returncode != 0:
-        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-        detail = errors[-1][len("error: ") :] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        # the stage's own one-line error, else DVC's
+        lines = proc.stderr.splitlines()
+        ours = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
+        theirs = [ln[len("ERROR: ") :] for ln in lines if ln.startswith("ERROR: ")]
+        detail = (ours or theirs or [ln for ln in lines if ln.strip()] or ["no output"])[-1]
         raise StageFailed(f"stage {stage} failed: {detail}")
     skipped = "didn't change, skipping" in proc.stdout
     return {"stage": stage, "ran": not skipped}

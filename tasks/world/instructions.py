@@ -1,0 +1,228 @@
+"""Instructions (InstructGPT): prompts of six kinds, their demonstrations, and flawed responses.
+
+Kinds and their `meta` (everything the oracle reads; `word_limit` is the most words allowed):
+
+- `mood_sentence` "Write a happy sentence about the red ball."
+  meta: mood, subject ("the red ball"), subject_words (["red", "ball"]), word_limit
+- `story_where` a story, then "Where is Anna?"
+  meta: story, person, answer ("the park"), facts ({name: {place, mood, cause, obj, colour, size}}), word_limit
+- `story_colour` a story, then "What colour is Anna's kite?"
+  meta: story, person, object, answer ("red"), facts, word_limit
+- `list` "List three animals other than cats."
+  meta: category (animals|colours|foods|places|things), n, exclude (a member or ""), word_limit
+- `describe` "Describe the big red ball in under 12 words."
+  meta: subject, subject_words, size, colour, object, word_limit (here 11: "under 12")
+- `opposite` "What is the opposite of 'hot'? Answer in one sentence."
+  meta: word, answer, word_limit
+
+`sample_responses` draws a realistic mix for an instruction, as a policy in training would:
+correct answers in other words, and answers with one or two defects of the kinds the oracle
+checks (`DEFECTS`). Tests and the oracle's noise calibration use it.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tasks.world import lexicon as L
+from tasks.world import stories as S
+
+KINDS = ("mood_sentence", "story_where", "story_colour", "list", "describe", "opposite")
+# Share of each kind in every instruction file; list and opposite have the smallest prompt spaces.
+WEIGHTS = {"mood_sentence": 0.25, "story_where": 0.2, "story_colour": 0.15, "list": 0.1,
+           "describe": 0.25, "opposite": 0.05}
+GENERIC_DEFECTS = ("too_long", "no_clean_end", "banned_word", "repetitive")
+DEFECTS = {
+    "mood_sentence": ("wrong_mood", "missing_subject", *GENERIC_DEFECTS),
+    "story_where": ("false_fact", *GENERIC_DEFECTS),
+    "story_colour": ("false_fact", *GENERIC_DEFECTS),
+    "list": ("false_fact", "off_topic", *GENERIC_DEFECTS),
+    "describe": ("missing_subject", "false_fact", *GENERIC_DEFECTS),
+    "opposite": ("false_fact", *GENERIC_DEFECTS),
+}
+FILLER = "After that everyone walked home together in the evening and had some warm tea with friends."
+
+
+def member_text(category: str, w: str, many: bool = False) -> str:
+    if category == "places":
+        return f"the {w}"
+    return L.plural(w) if many and category in ("animals", "foods", "things") else w
+
+
+def join_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def instruction(kind: str, rng: random.Random) -> tuple[str, dict]:
+    """A new prompt of `kind`. -> (prompt, meta)."""
+    if kind == "mood_sentence":
+        mood, c, o = rng.choice(L.MOOD_NAMES), rng.choice(L.COLOURS), rng.choice(L.OBJECTS)
+        s = f"the {c} {o}"
+        prompt = rng.choice((f"Write a {mood} sentence about {s}.", f"Write one sentence about {s} that sounds {mood}.",
+                             f"Give me a {mood} sentence about {s}."))
+        return prompt, {"mood": mood, "subject": s, "subject_words": [c, o], "word_limit": 20}
+    if kind in ("story_where", "story_colour"):
+        scene = S.make_scene(rng, rng.choice((1, 2, 3)))
+        p = rng.choice(scene.people)
+        story = S.story(rng, scene, rng.choice(("word", "cause", "both")))
+        meta = {"story": story, "person": p.name, "facts": scene.to_meta(), "word_limit": 15}
+        if kind == "story_where":
+            q, meta["answer"] = f"Where is {p.name}?", f"the {p.place}"
+        else:
+            q, meta["answer"], meta["object"] = f"What colour is {p.name}'s {p.obj}?", p.colour, p.obj
+        prompt = rng.choice((f"Read the story and answer the question.\n\nStory: {story}\n\nQuestion: {q}",
+                             f"{story}\n\n{q} Answer in one sentence."))
+        return prompt, meta
+    if kind == "list":
+        cat, n = rng.choice(sorted(L.CATEGORIES)), rng.randint(2, 5)
+        exclude = rng.choice(L.CATEGORIES[cat]) if rng.random() < 0.8 else ""
+        what = f"{L.NUMBER_WORDS[n]} {cat}" + (f" other than {member_text(cat, exclude, many=True)}" if exclude else "")
+        prompt = rng.choice((f"List {what}.", f"Name {what}.", f"Write down {what}.", f"Give me {what}."))
+        return prompt, {"category": cat, "n": n, "exclude": exclude, "word_limit": 25}
+    if kind == "describe":
+        size, c, o, n = rng.choice(L.SIZES), rng.choice(L.COLOURS), rng.choice(L.OBJECTS), rng.choice((10, 12, 15))
+        s = f"the {size} {c} {o}"
+        prompt = rng.choice((f"Describe {s} in under {n} words.", f"In fewer than {n} words, describe {s}.",
+                             f"Write a short description (under {n} words) of {s}."))
+        return prompt, {"subject": s, "subject_words": [size, c, o], "size": size, "colour": c, "object": o,
+                        "word_limit": n - 1}
+    if kind == "opposite":
+        w = rng.choice(L.ANTONYM_WORDS)
+        prompt = rng.choice((f"What is the opposite of '{w}'? Answer in one sentence.",
+                             f"Give the opposite of the word '{w}' in a full sentence.",
+                             f"Tell me the opposite of '{w}'.", f"What word is the opposite of '{w}'?",
+                             f"Which word means the opposite of '{w}'? Answer with a sentence."))
+        return prompt, {"word": w, "answer": L.OPPOSITE[w], "word_limit": 12}
+    raise KeyError(kind)
+
+
+def demonstration(kind: str, meta: dict, rng: random.Random) -> str:
+    """A correct response (one of a few phrasings) to an instruction with this `meta`."""
+    if kind == "mood_sentence":
+        mood, (c, o) = meta["mood"], meta["subject_words"]
+        n, place = rng.choice(L.NAMES), rng.choice(L.PLACES)
+        m = L.MOODS[mood]
+        return rng.choice((f"{n} {m['act']} when {L.pronoun(n)} saw the {c} {o} {L.at(place)}.",
+                           f"The {c} {o} made {n} feel {mood}.",
+                           f"{n} felt {rng.choice(m['syn'])} because the {c} {o} was {L.at(place)}.",
+                           f"{n} felt {mood} after finding the {c} {o} {L.at(place)}."))
+    if kind == "story_where":
+        n, place = meta["person"], meta["answer"].removeprefix("the ")
+        return rng.choice((f"{n} is {L.at(place)}.", f"{n} was {L.at(place)}.",
+                           f"In the story, {n} is {L.at(place)}.", f"{n} spent the afternoon {L.at(place)}."))
+    if kind == "story_colour":
+        n, o, c = meta["person"], meta["object"], meta["answer"]
+        return rng.choice((f"{n}'s {o} is {c}.", f"The {o} that {n} has is {c}.", f"It is {c}.",
+                           f"{n} has {L.a(c + ' ' + o)}."))
+    if kind == "list":
+        cat, n = meta["category"], meta["n"]
+        items = [member_text(cat, w) for w in L.sample(rng, L.CATEGORIES[cat], n, meta["exclude"])]
+        return rng.choice((f"Here are {L.NUMBER_WORDS[n]} {cat}: {join_list(items)}.",
+                           f"{L.cap(join_list(items))}.", f"You could say {join_list(items)}."))
+    if kind == "describe":
+        thing, place, n = f"{meta['size']} {meta['colour']} {meta['object']}", rng.choice(L.PLACES), rng.choice(L.NAMES)
+        return rng.choice((f"The {thing} is {L.at(place)}.", f"It is {L.a(thing)} {L.at(place)}.",
+                           f"This {thing} belongs to {n}.", f"{L.cap(L.a(thing))} that {n} likes."))
+    if kind == "opposite":
+        w, ans = meta["word"], meta["answer"]
+        return rng.choice((f"The opposite of {w} is {ans}.", f"{L.cap(ans)} is the opposite of {w}.",
+                           f"The word you want is {ans}."))
+    raise KeyError(kind)
+
+
+def corrupt(kind: str, meta: dict, defect: str, rng: random.Random, response: str | None = None) -> str:
+    """A response with one defect: a demonstration for altered facts, or an edit of `response`."""
+    base = response if response is not None else demonstration(kind, meta, rng)
+    if defect == "too_long":
+        out = base
+        while len(out.split()) <= meta["word_limit"]:
+            out += " " + FILLER
+        return out
+    if defect == "no_clean_end":
+        words = base.rstrip(".").split()
+        return " ".join(words[: max(2, len(words) - rng.randint(1, 2))])
+    if defect == "banned_word":
+        word = rng.choice(L.BANNED[:5])
+        return base.replace(" the ", f" the {word} ", 1) if " the " in base else f"{L.cap(word)} question. {base}"
+    if defect == "repetitive":
+        words = base.rstrip(".").split()
+        return " ".join(words + words[-3:] * 2) + "."
+    m = dict(meta)
+    if defect == "wrong_mood":
+        m["mood"] = rng.choice(L.NEGATIVE_MOODS if L.MOODS[meta["mood"]]["pol"] > 0 else L.POSITIVE_MOODS)
+    elif defect == "missing_subject":
+        c, o = meta["subject_words"][-2:]
+        m["subject_words"] = [*meta["subject_words"][:-2], c, L.other(rng, L.OBJECTS, o)]
+        m["object"] = m["subject_words"][-1]
+    elif defect == "false_fact" and kind in ("story_where", "story_colour"):
+        p = meta["facts"][meta["person"]]
+        m["answer"] = (f"the {L.other(rng, L.PLACES, p['place'])}" if kind == "story_where"
+                       else L.other(rng, L.COLOURS, p["colour"]))
+    elif defect == "false_fact" and kind == "list":
+        m["n"] = meta["n"] + rng.choice((-1, 1)) if meta["n"] > 2 else meta["n"] + 1
+    elif defect == "off_topic":
+        items = [member_text(meta["category"], w) for w in L.sample(rng, L.CATEGORIES[meta["category"]],
+                                                                meta["n"] - 1, meta["exclude"])]
+        stray = rng.choice([c for c in sorted(L.CATEGORIES) if c != meta["category"]])
+        items.insert(rng.randrange(len(items) + 1), member_text(stray, rng.choice(L.CATEGORIES[stray])))
+        return f"{L.cap(join_list(items))}."
+    elif defect == "false_fact" and kind == "describe":
+        m["colour"] = L.other(rng, L.COLOURS, meta["colour"])
+    elif defect == "false_fact" and kind == "opposite":
+        m["answer"] = L.other(rng, tuple(L.OPPOSITE), meta["word"], meta["answer"])
+    else:
+        raise KeyError(f"{kind}: {defect}")
+    return demonstration(kind, m, rng)
+
+
+def sample_responses(kind: str, meta: dict, rng: random.Random, k: int) -> list[str]:
+    """K responses as a half-trained policy might give: 35% correct, else one or two defects."""
+    out = []
+    for _ in range(k):
+        u = rng.random()
+        if u < 0.35:
+            out.append(demonstration(kind, meta, rng))
+            continue
+        first, second = rng.sample(DEFECTS[kind], 2)
+        r = corrupt(kind, meta, first, rng)
+        if u > 0.8 and second in GENERIC_DEFECTS:
+            r = corrupt(kind, meta, second, rng, response=r)
+        out.append(r)
+    return out
+
+
+def allocate(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """Split n into integer counts proportional to `weights` (largest remainder, ties by name)."""
+    total = sum(weights.values())
+    exact = {k: n * w / total for k, w in weights.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def make_instruction_splits(rng: random.Random, sizes: dict[str, int], seen: set[str]) -> dict[str, list[dict]]:
+    """{split: rows}; every prompt (and every story in one) is new to `seen`. Rows of splits whose
+    name starts with 'sft' carry a demonstration `response`."""
+    out = {}
+    for split, n in sizes.items():
+        rows = []
+        for kind, count in allocate(n, WEIGHTS).items():
+            made = tries = 0
+            while made < count:
+                tries += 1
+                if tries > 200 * count + 1000:
+                    raise RuntimeError(f"world: too few distinct '{kind}' prompts for {split} (lower the sizes)")
+                prompt, meta = instruction(kind, rng)
+                key = meta.get("story", prompt)
+                if key in seen or prompt in seen:
+                    continue
+                seen.update((key, prompt))
+                row = {"kind": kind, "prompt": prompt, "meta": meta}
+                if split.startswith("sft"):
+                    row["response"] = demonstration(kind, meta, rng)
+                rows.append(row)
+                made += 1
+        rng.shuffle(rows)
+        out[split] = [{"id": f"{split}-{i:05d}", **r} for i, r in enumerate(rows)]
+    return out

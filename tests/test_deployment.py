@@ -1,0 +1,86 @@
+"""The README's deployment path: a Prefect server on 127.0.0.1, the served deployment
+`instructflow/local`, and `prefect deployment run ... --watch` driving the smoke pipeline."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} not ready after {timeout}s")
+
+
+def start(args, cwd, env, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        PREFECT_HOME=str(tmp_path / "prefect-server"),
+        PREFECT_API_URL=api,
+        PREFECT_UI_API_URL=api,
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+    )
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], project, env, tmp_path / "server.log")
+    served = None
+    try:
+        wait_http(f"{api}/health", 120)
+        served = start([sys.executable, "-m", "flows.serve"], project, env, tmp_path / "serve.log")
+        deadline = time.time() + 90
+        while run_cmd([prefect, "deployment", "inspect", "instructflow/local"], project, env=env, check=False).returncode:
+            assert time.time() < deadline and served.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(1)
+        proc = run_cmd(
+            [prefect, "deployment", "run", "instructflow/local", "-p", 'overrides=["experiment=smoke"]', "--watch", "--watch-timeout", "400"],
+            project,
+            env=env,
+            check=False,
+            timeout=450,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (tmp_path / "serve.log").read_text()[-3000:]
+        assert "Completed" in proc.stdout + proc.stderr
+        assert (project / "models/pretrain/model.safetensors").is_file()
+    finally:
+        if served is not None:
+            stop(served)
+        stop(server)
