@@ -1,0 +1,555 @@
+"""prompt_eval stage: GPT-2 / GPT-3 zero-, one- and few-shot evaluation of any checkpoint, no gradients.
+
+    python -m tasks.prompt_eval                                    # models/pretrain on conf/ defaults
+    python -m tasks.prompt_eval prompt_eval.model=sft prompt_eval.shots=[0,1,4,8]
+    python -m tasks.prompt_eval prompt_eval.model=/path/to/hf-gpt2 # a Hugging Face GPT-2 folder
+    python -m tasks.prompt_eval experiment=smoke prompt_eval.max_items=20   # tiny CPU run, seconds
+
+Each task under `prompt_eval.data_dir/<task>/` is written as text by its template in
+conf/prompt_eval.yaml: an optional instruction, k solved examples from the train split, then the
+query. The model sees only that text: no special tokens, no new tokens, no weight updates.
+
+- choice tasks: each choice is scored by the summed log-probability of its tokens after the
+  context (`acc`), and by that sum divided by the choice's length in characters (`acc_norm`, as
+  lm-evaluation-harness does). One forward pass per [context + choice] row; all choices of an item
+  share a batch, several items fill it.
+- generate tasks: greedy decoding (KV cache, left-padded batches) of up to `max_new_tokens`, cut
+  at the first stop sequence, scored by exact match with the answer after `normalize_answer`
+  (`acc`); words every answer shares ("It is") belong in the template, not the target.
+- `verbalizer` maps an answer to the words that stand for it (yes -> "In other words:"), so a
+  task can be asked in the shape the pre-training text uses (GPT-2's zero-shot recipe).
+- examples: drawn per test item from the train split by an RNG seeded with (seed, task, item);
+  train rows whose query text equals the item's are never drawn. The k examples are the first k
+  of one draw, so the 1-shot example is also the first of the 4-shot ones (a smoother k curve).
+- long contexts: when context + continuation exceed the model's window, whole examples are
+  dropped, oldest (leftmost) first, then the instruction; such an item counts as `truncated`.
+  If the query and its continuation alone do not fit, that is an InputError.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.nn import functional as F
+
+from model import GPT, generate
+from model.tokenizer import SPECIALS, Tokenizer, TokenizerError
+from tasks import tracking
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
+
+KINDS = ("choice", "generate")
+
+
+@dataclass
+class PromptTemplate:
+    """How one task is posed as text; `{field}`s are filled from the task's rows (str.format)."""
+
+    template: str = ""  # the query, e.g. "Review: {text}\nSentiment:" (fields of task.json)
+    target: str = " {answer}"  # what follows the query: each choice scored, or an example's solution
+    instruction: str = ""  # task description placed before the examples ("" = none); no fields
+    verbalizer: dict[str, str] = field(default_factory=dict)  # answer -> the words {answer} becomes ({} = itself)
+    example_separator: str = "\n\n"  # between the instruction, each solved example and the query
+    stop: list[str] = field(default_factory=lambda: ["\n"])  # generate tasks: the answer ends at the first of these
+    max_new_tokens: int = 8  # generate tasks: greedy decoding budget, tokens
+
+
+@dataclass
+class PromptEvalConfig:
+    model: str = "pretrain"  # a name in `checkpoints`, or any checkpoint folder / Hugging Face GPT-2 folder
+    checkpoints: dict[str, str] = field(
+        default_factory=lambda: {"pretrain": "models/pretrain", "sft": "models/sft", "ppo": "models/ppo"}
+    )  # checkpoint names -> folders
+    tokenizer_path: str = ""  # "" = tokenizer.json inside the model folder
+    data_dir: str = "data/raw/prompts"  # <task>/task.json, train.jsonl, test.jsonl
+    tasks: dict[str, PromptTemplate] = field(default_factory=dict)  # task name -> its template
+    select: list[str] = field(default_factory=list)  # tasks to evaluate; [] = every task in `tasks`
+    shots: list[int] = field(default_factory=lambda: [0, 1, 4])  # k solved examples before each query
+    max_items: int = 200  # test items per task (the first ones); -1 = all
+    seed: int = 1337  # draws each item's examples
+    batch_size: int = 64  # sequences per forward pass (an item's choices are never split)
+    metrics_file: str = "metrics/prompt_eval.json"  # {model: {task: {k<k>: {acc, acc_norm, n, chance, ...}}}}
+    table_file: str = "metrics/prompt_eval_table.md"  # accuracy by task and k, chance beside it
+    curve_file: str = "metrics/prompt_eval_curve.csv"  # model,task,k,acc,chance (DVC plot)
+    plot_file: str = "metrics/prompt_eval_curve.png"  # accuracy against k, one panel per task
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # choice | generate
+    spec: PromptTemplate
+    train: list[dict]
+    test: list[dict]
+
+
+# --- tasks and prompts ---------------------------------------------------------------------------
+
+
+def template_fields(text: str, key: str) -> set[str]:
+    """The field names a str.format template uses ({a.b} and {a[0]} count as a)."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as e:
+        raise InputError(f"{key}: not a valid template ({e})") from None
+    if "" in names or any(n[:1].isdigit() for n in names):
+        raise InputError(f"{key}: positional fields ({{}}, {{0}}) are not allowed; name a field")
+    return {re.split(r"[.\[]", n)[0] for n in names}
+
+
+def load_task(data_dir: Path, name: str, spec: PromptTemplate) -> Task:
+    """Read task.json and both splits; check the template against the task's fields and rows."""
+    folder = data_dir / name
+    meta_path = folder / "task.json"
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: not found (run the data stage, or drop {name} from prompt_eval.select)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{meta_path}: not valid JSON ({e})") from None
+    kind, fields = meta.get("kind"), meta.get("fields")
+    if kind not in KINDS:
+        raise InputError(f"{meta_path}: kind={kind!r}, expected one of {', '.join(KINDS)}")
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise InputError(f"{meta_path}: fields must be a list of field names")
+    key = f"prompt_eval.tasks.{name}"
+    if not spec.template.strip():
+        raise InputError(f"{key}.template is empty")
+    used: set[str] = set()
+    for part, allowed in (("template", fields), ("target", [*fields, "answer"]), ("instruction", [])):
+        for f in sorted(template_fields(getattr(spec, part), f"{key}.{part}")):
+            if f not in allowed:
+                raise InputError(
+                    f"{key}.{part} names the field {{{f}}}, which task {name} lacks "
+                    f"(it may use: {', '.join(allowed) or 'no fields'})"
+                )
+            used.add(f)
+    if kind == "generate" and (not spec.stop or spec.max_new_tokens < 1):
+        raise InputError(f"{key}: a generate task needs at least one stop sequence and max_new_tokens >= 1")
+    splits = {}
+    for split in ("train", "test"):
+        path = folder / f"{split}.jsonl"
+        rows = read_jsonl(path)
+        for i, row in enumerate(rows, start=1):
+            missing = sorted(f for f in used | {"answer"} if f not in row)
+            if missing:
+                raise InputError(f"{path}: row {i} lacks {', '.join(missing)}")
+            if kind == "choice":
+                ch = row.get("choices")
+                if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
+                    raise InputError(f"{path}: row {i}: choices must be a list of at least two strings")
+                if row["answer"] not in ch:
+                    raise InputError(f"{path}: row {i}: answer {row['answer']!r} is not one of its choices")
+        splits[split] = rows
+    if not splits["test"]:
+        raise InputError(f"{folder / 'test.jsonl'}: no rows")
+    return Task(name, kind, spec, splits["train"], splits["test"])
+
+
+def query_text(spec: PromptTemplate, row: dict) -> str:
+    return spec.template.format_map(row)
+
+
+def target_text(spec: PromptTemplate, row: dict, answer: str) -> str:
+    return spec.target.format_map({**row, "answer": spec.verbalizer.get(answer, answer)})
+
+
+def example_text(spec: PromptTemplate, row: dict) -> str:
+    """A solved example: the query followed by its gold target."""
+    return query_text(spec, row) + target_text(spec, row, row["answer"])
+
+
+def draw_examples(task: Task, item: int, k: int, seed: int) -> list[int]:
+    """Train-row indices of the k examples shown before test item `item`: same seed, same rows.
+
+    Rejection sampling from one RNG seeded by (seed, task, item): a draw of k is a prefix of a
+    draw of k + 1. Train rows whose query text equals the test item's are excluded.
+    """
+    if k == 0:
+        return []
+    path = f"{task.name}/train.jsonl"
+    if k > len(task.train):
+        raise InputError(f"prompt_eval.shots: k={k} exceeds the {len(task.train)} rows of {path}")
+    query = query_text(task.spec, task.test[item])
+    excluded = {j for j, r in enumerate(task.train) if query_text(task.spec, r) == query}
+    if k > len(task.train) - len(excluded):
+        raise InputError(
+            f"prompt_eval.shots: k={k} exceeds the {len(task.train) - len(excluded)} rows of {path} "
+            f"that differ from test item {item + 1}"
+        )
+    rng = random.Random(f"{seed}/{task.name}/{item}")  # str seeds hash with sha512: stable across runs
+    out: list[int] = []
+    while len(out) < k:
+        j = rng.randrange(len(task.train))
+        if j not in excluded:
+            excluded.add(j)
+            out.append(j)
+    return out
+
+
+def fit_context(tok: Tokenizer, task: Task, item: int, examples: list[dict], room: int, need: str) -> tuple[list[int], int]:
+    """Token ids of instruction + examples + query in at most `room` tokens, and the examples kept.
+
+    Drops whole examples oldest-first, then the instruction; raises when the query alone is too long.
+    """
+    spec = task.spec
+    query = query_text(spec, task.test[item]).rstrip(" ")  # a trailing space belongs to the continuation
+    shots = [example_text(spec, e) for e in examples]
+    head = [spec.instruction] if spec.instruction else []
+    candidates = [(head + shots[d:], len(shots) - d) for d in range(len(shots) + 1)]
+    if head:
+        candidates.append(([], 0))
+    for parts, kept in candidates:
+        text = spec.example_separator.join([*parts, query])
+        for special in SPECIALS:
+            if special in text:
+                raise InputError(f"task {task.name}: a prompt contains the special token {special}; prompts never use them")
+        ids = tok.encode(text) or [tok.eos_id]  # an empty context is conditioned on <|endoftext|>, as GPT-2
+        if len(ids) <= room:
+            return ids, kept
+    raise InputError(
+        f"task {task.name}, test item {item + 1}: the query alone is {len(ids)} tokens, but beside {need} "
+        f"only {max(room, 0)} fit the model's window: shorten prompt_eval.tasks.{task.name}.template "
+        "or use a model with a larger block_size"
+    )
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def score_choices(model: GPT, contexts: list[list[int]], choices: list[list[list[int]]], batch_size: int) -> list[list[float]]:
+    """log p(choice | context) summed over the choice's tokens, for every choice j of every item i.
+
+    Rows [context + choice] are right-padded: with causal attention no real token sees the padding,
+    so no mask is needed. Items are sorted by length (less padding) and packed whole into batches.
+    Only the continuation positions go through lm_head, so a 50k vocabulary costs little memory.
+    """
+    device = next(model.parameters()).device
+    out = [[0.0] * len(c) for c in choices]
+    order = sorted(range(len(contexts)), key=lambda i: -(len(contexts[i]) + max(map(len, choices[i]))))
+    batches, cur, n_rows = [], [], 0
+    for i in order:
+        if cur and n_rows + len(choices[i]) > batch_size:
+            batches.append(cur)
+            cur, n_rows = [], 0
+        cur.append(i)
+        n_rows += len(choices[i])
+    if cur:
+        batches.append(cur)
+    for items in batches:
+        rows = [(i, j, contexts[i] + c, len(contexts[i])) for i in items for j, c in enumerate(choices[i])]
+        T = max(len(ids) for _, _, ids, _ in rows) - 1
+        x = torch.zeros((len(rows), T), dtype=torch.long)  # pad id 0: never attended by a real token
+        row_of, pos, tgt = [], [], []
+        for r, (_, _, ids, c) in enumerate(rows):
+            x[r, : len(ids) - 1] = torch.tensor(ids[:-1])
+            row_of += [r] * (len(ids) - c)
+            pos += range(c - 1, len(ids) - 1)  # position t predicts token t + 1
+            tgt += ids[c:]
+        h = model.hidden_states(x.to(device))  # (R, T, C)
+        h = h[torch.tensor(row_of, device=device), torch.tensor(pos, device=device)]  # (N, C) continuation positions
+        logp = F.log_softmax(model.lm_head(h).float(), dim=-1)  # (N, vocab)
+        logp = logp.gather(1, torch.tensor(tgt, device=device)[:, None]).squeeze(1)  # (N,)
+        sums = torch.zeros(len(rows), device=device).index_add_(0, torch.tensor(row_of, device=device), logp)
+        for (i, j, _, _), s in zip(rows, sums.tolist()):
+            out[i][j] = s
+    return out
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """`text` up to (not including) the earliest stop sequence."""
+    cut = min((text.find(s) for s in stops if s and s in text), default=len(text))
+    return text[:cut]
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD's exact-match normalisation: lowercase, drop punctuation, drop a/an/the, squeeze whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in string.punctuation)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def generate_answers(model: GPT, tok: Tokenizer, prompts: list[list[int]], spec: PromptTemplate, batch_size: int) -> list[str]:
+    """Greedy continuations cut at the first stop sequence; prompts of similar length share a batch."""
+    eos = tok.eos_id if tok.eos_id < model.config.vocab_size else None
+    out = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        res = generate(model, [prompts[i] for i in idx], spec.max_new_tokens, temperature=0.0, eos_id=eos, pad_id=0)
+        for i, toks in zip(idx, res.tokens):
+            out[i] = cut_at_stop(tok.decode(toks), spec.stop)
+    return out
+
+
+def check_ids(ids: list[int], vocab_size: int, task: str) -> None:
+    if ids and max(ids) >= vocab_size:
+        raise InputError(
+            f"task {task}: the tokenizer produced id {max(ids)}, beyond the model's vocabulary of {vocab_size} "
+            "(prompt_eval.tokenizer_path does not belong to this model)"
+        )
+
+
+@dataclass
+class Request:
+    """One test item, tokenized: the context and what follows it."""
+
+    context: list[int]  # instruction? + examples + query, token ids
+    shots: int  # examples kept (fewer than k when the context was truncated)
+    targets: list[str]  # the choices' texts (choice tasks) or the gold answer (generate tasks)
+    target_ids: list[list[int]]  # each choice's token ids; [] for generate tasks
+
+
+def build_requests(tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig, block_size: int, vocab_size: int) -> list[Request]:
+    """The first `max_items` test items at k shots, each fitted into `block_size` tokens."""
+    spec = task.spec
+    n = len(task.test) if pc.max_items < 0 else min(pc.max_items, len(task.test))
+    out = []
+    for i in range(n):
+        row = task.test[i]
+        examples = [task.train[j] for j in draw_examples(task, i, k, pc.seed)]
+        q = query_text(spec, row)
+        lead = q[len(q.rstrip(" ")) :]  # a query's trailing space is scored as part of the continuation
+        if task.kind == "choice":
+            texts = [lead + target_text(spec, row, c) for c in row["choices"]]
+            ids = tok.encode_batch(texts)
+            if not all(ids):
+                raise InputError(f"task {task.name}, test item {i + 1}: a choice renders to no tokens")
+            longest = max(map(len, ids))
+            # the last choice token is never fed to the model: context + choice - 1 must fit
+            ctx, shots = fit_context(tok, task, i, examples, block_size + 1 - longest, f"its longest choice ({longest} tokens)")
+        else:
+            texts, ids = [spec.verbalizer.get(row["answer"], row["answer"])], []  # exact match is on the answer
+            ctx, shots = fit_context(tok, task, i, examples, block_size - spec.max_new_tokens, f"max_new_tokens={spec.max_new_tokens}")
+        check_ids(ctx + [t for c in ids for t in c], vocab_size, task.name)
+        out.append(Request(ctx, shots, texts, ids))
+    return out
+
+
+def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig) -> tuple[dict, list[dict]]:
+    """Accuracy of one task at k shots, and the first few items rendered, for inspection."""
+    reqs = build_requests(tok, task, k, pc, model.config.block_size, model.config.vocab_size)
+    n = len(reqs)
+    samples = []
+    if task.kind == "choice":
+        scores = score_choices(model, [r.context for r in reqs], [r.target_ids for r in reqs], pc.batch_size)
+        correct = correct_norm = 0
+        for i, (sc, r) in enumerate(zip(scores, reqs)):
+            gold = task.test[i]["choices"].index(task.test[i]["answer"])
+            pred = max(range(len(sc)), key=sc.__getitem__)  # ties: the first choice
+            pred_norm = max(range(len(sc)), key=lambda j: sc[j] / len(r.targets[j]))  # per character
+            correct += pred == gold
+            correct_norm += pred_norm == gold
+            if i < 3:
+                samples.append({"prompt": tok.decode(r.context), "choices": r.targets, "logprobs": sc, "gold": gold})
+        chance = sum(1 / len(task.test[i]["choices"]) for i in range(n)) / n
+        m = {"acc": correct / n, "acc_norm": correct_norm / n, "chance": chance}
+    else:
+        preds = generate_answers(model, tok, [r.context for r in reqs], task.spec, pc.batch_size)
+        hits = [normalize_answer(p) == normalize_answer(r.targets[0]) for p, r in zip(preds, reqs)]
+        for i in range(min(3, n)):
+            samples.append({"prompt": tok.decode(reqs[i].context), "generated": preds[i], "gold": reqs[i].targets[0]})
+        m = {"acc": sum(hits) / n, "chance": 0.0}
+    m |= {"n": n, "truncated": sum(r.shots < k for r in reqs), "mean_shots": sum(r.shots for r in reqs) / n}
+    return m, samples
+
+
+# --- model, outputs, stage -----------------------------------------------------------------------
+
+
+def load_model(pc: PromptEvalConfig, device: str) -> tuple[str, GPT, Tokenizer]:
+    """(result name, model in eval mode on `device`, tokenizer) for `prompt_eval.model`."""
+    if pc.model in pc.checkpoints:
+        name, folder = pc.model, Path(pc.checkpoints[pc.model])
+        if not folder.is_dir():
+            raise InputError(f"{folder}: checkpoint folder not found (run the {name} stage first)")
+    else:
+        folder = Path(pc.model)
+        name = folder.name
+        if not folder.is_dir():
+            raise InputError(
+                f"prompt_eval.model={pc.model}: neither a checkpoint name ({', '.join(pc.checkpoints)}) nor a folder"
+            )
+    model = GPT.from_pretrained(folder, dropout=0.0).to(device).float().eval()
+    tok_path = Path(pc.tokenizer_path) if pc.tokenizer_path else folder / "tokenizer.json"
+    if not tok_path.is_file():
+        raise InputError(f"{tok_path}: tokenizer not found (set prompt_eval.tokenizer_path)")
+    try:  # an HF GPT-2 tokenizer lacks our fine-tuning specials; prompts never use them anyway
+        tok = Tokenizer.load(tok_path, add_missing_specials=True)
+    except TokenizerError as e:
+        raise InputError(str(e)) from None
+    return name, model, tok
+
+
+def table_rows(metrics: dict) -> list[dict]:
+    """One row per (model, task, k) of a metrics file: what the flow publishes as a table artifact."""
+    rows = []
+    for model, tasks in metrics.items():
+        for task, by_k in tasks.items():
+            for key in sorted(by_k, key=lambda s: int(s[1:])):
+                m = by_k[key]
+                rows.append(
+                    {
+                        "model": model,
+                        "task": task,
+                        "k": int(key[1:]),
+                        "acc": round(m["acc"], 4),
+                        "acc_norm": round(m["acc_norm"], 4) if "acc_norm" in m else None,
+                        "chance": round(m["chance"], 4),
+                        "n": m["n"],
+                        "truncated": m.get("truncated", 0),
+                    }
+                )
+    return rows
+
+
+def markdown_table(metrics: dict) -> str:
+    """Accuracy by task (rows) and k (columns), acc_norm in brackets for choice tasks, chance beside."""
+    rows = table_rows(metrics)
+    ks = sorted({r["k"] for r in rows})
+    lines = [
+        "| model | task | n | chance | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(ks),
+    ]
+    notes = []
+    for model, tasks in metrics.items():
+        for task in tasks:
+            mine = {r["k"]: r for r in rows if r["model"] == model and r["task"] == task}
+            cells = []
+            for k in ks:
+                r = mine.get(k)
+                cells.append("–" if r is None else f"{r['acc']:.3f}" + ("" if r["acc_norm"] is None else f" ({r['acc_norm']:.3f})"))
+                if r is not None and r["truncated"]:
+                    notes.append(f"{model} {task} k={k}: {r['truncated']}/{r['n']} contexts truncated")
+            first = next(iter(mine.values()))
+            lines.append(f"| {model} | {task} | {first['n']} | {first['chance']:.3f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("acc (acc_norm: log-likelihood per character) for choice tasks; exact match for generate tasks.")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_curve(path: str | Path, metrics: dict) -> None:
+    lines = ["model,task,k,acc,chance"] + [
+        f"{r['model']},{r['task']},{r['k']},{r['acc']},{r['chance']}" for r in table_rows(metrics)
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_curve(metrics: dict):
+    """Accuracy against k, one panel per task (GPT-3 Fig. 1.2's shape); chance dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table_rows(metrics)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cols = min(4, len(tasks))
+    nrows = (len(tasks) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharey=True)
+    for ax, task in zip(axes.flat, tasks):
+        for model in metrics:
+            mine = [r for r in rows if r["task"] == task and r["model"] == model]
+            ks = [r["k"] for r in mine]
+            line = ax.plot(ks, [r["acc"] for r in mine], "o-", label=model)[0]
+            if mine and mine[0]["acc_norm"] is not None:
+                ax.plot(ks, [r["acc_norm"] for r in mine], "s--", color=line.get_color(), alpha=0.5, label=f"{model} (norm)")
+            ax.axhline(mine[0]["chance"], color="grey", linestyle=":", linewidth=1)
+            ax.set_xticks(ks)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("k (examples in context)")
+        ax.set_ylim(0, 1)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("accuracy")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def check_config(pc: PromptEvalConfig) -> list[str]:
+    """The task names to evaluate; one-line errors for settings that cannot work."""
+    if not pc.shots or any(k < 0 for k in pc.shots) or len(set(pc.shots)) != len(pc.shots):
+        raise InputError(f"prompt_eval.shots={pc.shots}: need distinct k >= 0")
+    if pc.batch_size < 1 or pc.max_items == 0 or pc.max_items < -1:
+        raise InputError("prompt_eval: need batch_size >= 1 and max_items >= 1 (or -1 = all)")
+    names = list(pc.select) or list(pc.tasks)
+    unknown = [n for n in names if n not in pc.tasks]
+    if unknown:
+        raise InputError(f"prompt_eval.select names {', '.join(unknown)}, which have no template in prompt_eval.tasks")
+    if not names:
+        raise InputError("prompt_eval.tasks is empty: nothing to evaluate")
+    return names
+
+
+def evaluate(model: GPT, tok: Tokenizer, tasks: list[Task], pc: PromptEvalConfig) -> tuple[dict, dict]:
+    """{task: {k<k>: metrics}} for every task and k, and the rendered samples by "task/k<k>"."""
+    results, samples = {}, {}
+    for task in tasks:
+        results[task.name] = {}
+        for k in sorted(pc.shots):
+            t0 = time.perf_counter()
+            m, samples[f"{task.name}/k{k}"] = evaluate_task(model, tok, task, k, pc)
+            results[task.name][f"k{k}"] = m
+            print(
+                f"prompt_eval: {task.name} k={k}: acc={m['acc']:.3f} chance={m['chance']:.3f} "
+                f"n={m['n']} truncated={m['truncated']} ({time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+            )
+    return results, samples
+
+
+def run(cfg) -> dict[str, float]:
+    pc: PromptEvalConfig = OmegaConf.to_object(cfg.prompt_eval)
+    names = check_config(pc)
+    name, model, tok = load_model(pc, resolve_device(cfg.device))
+    tasks = [load_task(Path(pc.data_dir), n, pc.tasks[n]) for n in names]
+    for task in tasks:  # fail before any scoring, not after an hour of it
+        if max(pc.shots) > len(task.train):
+            raise InputError(f"prompt_eval.shots: k={max(pc.shots)} exceeds the {len(task.train)} rows of {task.name}/train.jsonl")
+    with tracking.stage_run(cfg, "prompt_eval", sections=["prompt_eval", "seed"], run_name=f"prompt_eval {name}") as run_:
+        results, samples = evaluate(model, tok, tasks, pc)
+        metrics = {name: results}
+        atomic_write_json(pc.metrics_file, metrics)
+        atomic_write_text(pc.table_file, markdown_table(metrics))
+        write_curve(pc.curve_file, metrics)
+        fig = plot_curve(metrics)
+        Path(pc.plot_file).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(pc.plot_file, dpi=120)
+        tracking.log_figure(fig, "prompt_eval_curve.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        flat = {}
+        for task, by_k in results.items():
+            for key, m in by_k.items():
+                flat |= {f"prompt_eval/{task}/{key}/{s}": m[s] for s in ("acc", "acc_norm", "truncated") if s in m}
+        for key in {f"k{k}" for k in pc.shots}:
+            flat[f"prompt_eval/mean/{key}/acc"] = sum(by_k[key]["acc"] for by_k in results.values()) / len(results)
+        if run_ is not None:
+            import mlflow
+
+            mlflow.set_tag("instructflow.model", name)
+            tracking.log_metrics(flat)
+            for task, by_k in results.items():  # acc against step = k: MLflow's own chart draws the k curve
+                for k in sorted(pc.shots):
+                    tracking.log_metrics({f"prompt_eval/{task}/acc_by_k": by_k[f"k{k}"]["acc"]}, step=k)
+            tracking.log_artifact(pc.table_file)
+            tracking.log_artifact(pc.curve_file)
+            mlflow.log_dict(samples, "prompt_eval_samples.json")
+    return flat
+
+
+if __name__ == "__main__":
+    stage_main(run)
