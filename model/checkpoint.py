@@ -6,7 +6,8 @@ Layout:
     meta.json           free dict: stage, step, metrics, resolved config, token ids...
     tokenizer.json      optional, copied from the tokenizer the model was trained with
     trainer.pt          optional optimizer / scheduler / RNG / data-position state (torch.save,
-                        read back with weights_only=True)
+                        read back with weights_only=True: tensors, numbers, strings, lists, dicts;
+                        e.g. numpy RNG state must be converted first)
     heads.safetensors   optional flat dict of extra tensors (classifier, reward or value heads)
 
 A save writes everything into a sibling temp folder, fsyncs it, and only then swaps it in, so a
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +54,9 @@ class Checkpoint:
 
 
 def _one_line(e: BaseException) -> str:
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))  # torch.load(weights_only=True)
+    if unsupported:
+        return f"weights_only loading refuses {unsupported.group(1)}"
     msg = str(e).strip().splitlines()
     return msg[0] if msg else type(e).__name__
 
@@ -114,7 +119,11 @@ def save_checkpoint(
         # the JSON and pickle steps come first: they are the ones that fail on bad input
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER)
+            try:  # and refuse now what resuming could not read back (mmap: only the pickle is parsed)
+                torch.save(trainer_state, tmp / TRAINER)
+                torch.load(tmp / TRAINER, weights_only=True, mmap=True)
+            except Exception as e:
+                raise CheckpointError(f"checkpoint {dest}: trainer_state cannot be saved ({_one_line(e)})") from None
         (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         save_file(weights_of(model), tmp / WEIGHTS, metadata={"format": "pt"})
         if extra_tensors:

@@ -80,15 +80,15 @@ def generate(
     device = next(model.parameters()).device
 
     seq = torch.full((B, total), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, total), dtype=torch.bool)
+    mask = torch.ones((B, total), dtype=torch.bool)  # new tokens are real; columns after EOS are cleared at the end
     for i, p in enumerate(prompts):
         seq[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p) : P] = True
+        mask[i, : P - len(p)] = False
     seq, mask = seq.to(device), mask.to(device)
     padded = min(lens) < P  # equal lengths need no mask at all: SDPA's causal kernel suffices
-    position = torch.tensor(lens, device=device)[:, None]  # (B, 1) position of each row's next token
+    position = torch.tensor(lens, device=device)[:, None]  # (B, 1) position of each row's first new token
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    logprobs = torch.zeros((B, max_new_tokens), device=device)
+    logprobs = []
 
     was_training = model.training
     model.eval()
@@ -101,11 +101,10 @@ def generate(
         n = 0
         while True:
             tok = _pick(logits, temperature, top_k, top_p, generator)  # (B,)
-            logprobs[:, n] = F.log_softmax(logits.float(), dim=-1).gather(1, tok[:, None]).squeeze(1)
+            logprobs.append(F.log_softmax(logits.float(), dim=-1).gather(1, tok[:, None]))  # (B, 1)
             if eos_id is not None:
                 tok = tok.masked_fill(done, pad_id)
             seq[:, P + n] = tok
-            mask[:, P + n] = ~done
             n += 1
             if eos_id is not None:
                 done |= tok == eos_id
@@ -114,19 +113,20 @@ def generate(
             if n == max_new_tokens:
                 break
             m = mask[:, : P + n] if padded else None
-            if use_cache:
-                pos = position + (n - 1) if padded else None  # unpadded rows share positions: the model's arange
-                logits = model(seq[:, P + n - 1 : P + n], attention_mask=m, position_ids=pos, kv_cache=cache)[:, -1]
+            if use_cache:  # feed only the new token; padded rows need their own positions
+                pos = position + (n - 1) if padded else None
+                logits = model(tok[:, None], attention_mask=m, position_ids=pos, kv_cache=cache)[:, -1]
             else:
                 logits = model(seq[:, : P + n], attention_mask=m)[:, -1]
     finally:
         model.train(was_training)
 
     new = seq[:, P : P + n].tolist()
-    lps = logprobs[:, :n].tolist()
+    lps = torch.cat(logprobs, dim=1).tolist()
     tokens, token_logprobs = [], []
-    for row, lp in zip(new, lps):
+    for i, (row, lp) in enumerate(zip(new, lps)):
         stop = row.index(eos_id) + 1 if eos_id is not None and eos_id in row else n
         tokens.append(row[:stop])
         token_logprobs.append(lp[:stop])
+        mask[i, P + stop :] = False
     return GenerateOutput(tokens, token_logprobs, seq[:, : P + n], mask[:, : P + n].long())

@@ -65,25 +65,24 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated as (n_layer, B, nh, max_T, hs); `pos` slots are filled.
+    """Keys and values of every layer, each preallocated as (B, nh, max_T, hs); `pos` slots are filled.
 
     Preallocating once keeps the decode loop free of per-step concatenations.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_T: int, *, device=None, dtype=torch.float32):
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_T, hs)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, max_T, config.n_embd // config.n_head)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.max_T = max_T
         self.pos = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, nh, T, hs) keys/values; return all keys/values so far."""
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos + T, hs)
+        T, k_all, v_all = k.size(2), self.k[layer], self.v[layer]
+        k_all.narrow(2, self.pos, T).copy_(k)
+        v_all.narrow(2, self.pos, T).copy_(v)
+        return k_all.narrow(2, 0, self.pos + T), v_all.narrow(2, 0, self.pos + T)  # (B, nh, pos + T, hs)
 
 
 def attention_mask_for(attention_mask: torch.Tensor | None, T: int, past: int, device) -> tuple[torch.Tensor | None, bool]:
@@ -112,16 +111,13 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
-        self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.layer_idx = layer_idx
 
     def forward(self, x, attn_mask=None, is_causal=True, kv_cache: KVCache | None = None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
         y = F.scaled_dot_product_attention(
@@ -203,6 +199,7 @@ class GPT(nn.Module):
 
         idx: (B, T) token ids, the new tokens only when `kv_cache` holds earlier ones.
         attention_mask: (B, past + T) of 1 = real token, 0 = (left) padding; padded keys are never attended.
+            Right padding needs none (causal attention never looks right) and keeps the fast causal kernel.
         position_ids: (B, T) or (T,); by default counted from each row's first real token.
         """
         B, T = idx.size()
@@ -211,6 +208,8 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {past + T} tokens exceeds the model's block_size of {self.config.block_size}"
             )
+        if kv_cache is not None and past + T > kv_cache.max_T:
+            raise ValueError(f"KV cache holds {kv_cache.max_T} tokens, {past + T} needed")
         if attention_mask is not None and attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
         if position_ids is None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -249,8 +250,12 @@ def test_checkpoint_round_trip(tmp_path):
 def test_save_failure_keeps_the_old_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "ck", tiny(seed=1), {"step": 1})
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="trainer_state cannot be saved"):
         save_checkpoint(path, tiny(seed=2), {"step": 2}, trainer_state={"fn": lambda: 0})  # lambdas don't pickle
+    with pytest.raises(CheckpointError, match="numpy"):  # pickles, but weights_only loading would refuse it
+        save_checkpoint(path, tiny(seed=2), {"step": 2}, trainer_state={"rng": np.random.get_state()})
+    with pytest.raises(TypeError):
+        save_checkpoint(path, tiny(seed=2), {"step": object()})  # meta must be JSON
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temp folder left behind
     save_checkpoint(path, tiny(seed=2), {"step": 2})  # a good save replaces it
