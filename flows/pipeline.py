@@ -25,7 +25,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks import tracking
 from tasks.config import ConfigError, compose, write_params
 
-STAGES = ("data", "tokenize", "pretrain")
+def stages(cfg) -> list[str]:
+    """The DVC stages in DAG order (a `foreach` stage expands to one instance per task)."""
+    return [
+        "data",
+        "tokenize",
+        "pretrain",
+        *(f"finetune@{t}" for t in cfg.finetune.tasks),
+        "finetune_report",
+        "prompt_eval",
+    ]
 
 
 class StageFailed(RuntimeError):
@@ -34,10 +43,14 @@ class StageFailed(RuntimeError):
 
 def stage_metrics_file(cfg, stage: str) -> Path | None:
     """Where a stage leaves the metrics summarised in the flow's table."""
+    if stage.startswith("finetune@"):
+        return Path(cfg.finetune.metrics_dir) / f"{stage.split('@', 1)[1]}.json"
     return {
         "data": Path(cfg.data.out_dir) / "stats.json",
         "tokenize": Path(cfg.tokenizer.out_dir) / "meta.json",
         "pretrain": Path(cfg.pretrain.metrics_file),
+        "finetune_report": Path(cfg.finetune.report_file),
+        "prompt_eval": Path(cfg.prompt_eval.metrics_file),
     }.get(stage)
 
 
@@ -71,23 +84,29 @@ def configure(overrides: list[str]) -> dict:
 def run_stage(stage: str, parent_run_id: str | None) -> dict:
     """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
     logger = get_run_logger()
-    proc = subprocess.run(
+    # stream the stage's output live (progress lines included) into the Prefect log
+    proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
         env=stage_env(parent_run_id),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
+        bufsize=1,
     )
-    for line in (proc.stdout + proc.stderr).splitlines():
+    lines = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        lines.append(line)
         if line.strip():
             logger.info("%s | %s", stage, line)
+    proc.wait()
     if proc.returncode != 0:
         # the stage's own one-line error, else DVC's
-        lines = proc.stderr.splitlines()
         ours = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
         theirs = [ln[len("ERROR: ") :] for ln in lines if ln.startswith("ERROR: ")]
         detail = (ours or theirs or [ln for ln in lines if ln.strip()] or ["no output"])[-1]
         raise StageFailed(f"stage {stage} failed: {detail}")
-    skipped = "didn't change, skipping" in proc.stdout
+    skipped = any("didn't change, skipping" in ln for ln in lines)
     return {"stage": stage, "ran": not skipped}
 
 
@@ -98,7 +117,7 @@ def log_cached_stage(cfg, stage: str, parent_run_id: str) -> None:
     path = stage_metrics_file(cfg, stage)
     metrics = numeric_leaves(json.loads(path.read_text())) if path and path.is_file() else {}
     exp_id = tracking.setup(cfg.tracking)
-    tags = {"instructflow.stage": stage, "dvc.skipped": "true"}
+    tags = {"instructflow.stage": stage.split("@")[0], "dvc.stage": stage, "dvc.skipped": "true"}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} (cached)", parent_run_id=parent_run_id, tags=tags):
         if metrics:
             mlflow.log_metrics(metrics)
@@ -117,6 +136,34 @@ def dvc_lock_tags() -> dict[str, str]:
         for out in st.get("outs", []):
             tags[f"dvc.{name}.{out['path']}"] = str(out.get("md5", ""))
     return tags
+
+
+def publish_tables(cfg, results: dict[str, dict[str, float]]) -> None:
+    """Prefect table artifacts: each stage's headline metrics, the GPT-1 ablation table and
+    the GPT-2/3 accuracy-by-shots table."""
+    from tasks import finetune_report, prompt_eval
+
+    summary = [
+        {"stage": s, "metric": k, "value": round(v, 4)}
+        for s, m in results.items()
+        for k, v in m.items()
+        if s in ("data", "tokenize", "pretrain") or k == "ran"
+    ]
+    create_table_artifact(summary, key="stage-metrics", description="Headline metrics of each stage (ran = 0: DVC skipped it)")
+    ft = Path(cfg.finetune.report_file)
+    if ft.is_file():
+        create_table_artifact(
+            finetune_report.table_rows(json.loads(ft.read_text())),
+            key="finetune-ablations",
+            description="GPT-1 fine-tuning test accuracy: tasks × {pretrain, scratch} × λ",
+        )
+    pe = Path(cfg.prompt_eval.metrics_file)
+    if pe.is_file():
+        create_table_artifact(
+            prompt_eval.table_rows(json.loads(pe.read_text())),
+            key="prompt-eval",
+            description="Zero/one/few-shot accuracy by task and k, chance beside it",
+        )
 
 
 @flow(name="instructflow", log_prints=True)
@@ -139,7 +186,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     status = "FAILED"
     results = {}
     try:
-        for stage in STAGES:
+        for stage in stages(cfg):
             r = run_stage(stage, parent_id)
             if not r["ran"] and parent_id:
                 log_cached_stage(cfg, stage, parent_id)
@@ -153,15 +200,19 @@ def instructflow(overrides: list[str] | None = None) -> dict:
             for k, v in dvc_lock_tags().items():
                 client.set_tag(parent_id, k, v)
             client.set_terminated(parent_id, status=status)
-    rows = [{"stage": s, **{k: round(v, 4) for k, v in m.items()}} for s, m in results.items()]
-    create_table_artifact(rows, key="stage-metrics", description="Metrics of each stage of this run")
+    publish_tables(cfg, results)
     create_markdown_artifact(
         "\n".join(
             [
                 "## Where to look",
                 f"- MLflow: `mlflow ui --backend-store-uri {cfg.tracking.uri}` (parent run `{parent_id}`)",
                 "- DVC: `dvc status`, `dvc metrics show`, `dvc plots show`",
-                "- Outputs: " + ", ".join(f"`{p}`" for p in (cfg.data.out_dir, cfg.tokenizer.out_dir, cfg.pretrain.out_dir)),
+                "- Outputs: "
+                + ", ".join(
+                    f"`{p}`"
+                    for p in (cfg.data.out_dir, cfg.tokenizer.out_dir, cfg.pretrain.out_dir, cfg.finetune.out_dir)
+                ),
+                f"- Tables: `{cfg.finetune.table_file}`, `{cfg.prompt_eval.table_file}`",
             ]
         ),
         key="where-to-look",

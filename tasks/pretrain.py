@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +271,8 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
     tr = Trainer(cfg, pc)
     tokens_per_step = pc.batch_size * tr.T
     bar = None
-    if tr.master and pc.progress:
+    # a bar on a terminal; under dvc/Prefect (a pipe) a plain line per log interval instead
+    if tr.master and pc.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=pc.max_steps, initial=tr.step, desc="pretrain", unit="step", dynamic_ncols=True)
@@ -296,6 +298,9 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
+            elif tr.master and pc.progress and (tr.step % max(1, pc.log_every) == 0 or final):
+                val = f" val {last_val:.4f}" if "val_loss" in record else ""
+                print(f"pretrain step {tr.step}/{pc.max_steps} loss {loss:.4f}{val} {tok_s:,.0f} tok/s", file=sys.stderr, flush=True)
             if pc.ckpt_every and tr.step % pc.ckpt_every == 0 and not final:
                 tr.save({"train_loss": loss, "val_loss": last_val})
     finally:
