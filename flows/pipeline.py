@@ -134,7 +134,8 @@ def dvc_lock_tags() -> dict[str, str]:
     tags = {}
     for name, st in (data.get("stages") or {}).items():
         for out in st.get("outs", []):
-            tags[f"dvc.{name}.{out['path']}"] = str(out.get("md5", ""))
+            # MLflow tag keys allow no '@' (foreach stages are named stage@item)
+            tags[f"dvc.{name.replace('@', ':')}.{out['path']}"] = str(out.get("md5", ""))
     return tags
 
 
