@@ -171,7 +171,7 @@ def load_weights(model: GPT, tensors: dict[str, torch.Tensor], folder: Path) -> 
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # shape mismatches
-        msg = " ".join(str(e).split())
+        msg = " ".join(str(e).split())[:300]
         raise CheckpointError(f"checkpoint {folder}: {WEIGHTS} does not match {CONFIG} ({msg})") from None
     problems = []
     if missing := [k for k in missing if k != TIED]:
@@ -185,10 +185,8 @@ def load_weights(model: GPT, tensors: dict[str, torch.Tensor], folder: Path) -> 
 def load_checkpoint(path, *, device="cpu", load_trainer: bool = False) -> Checkpoint:
     """Read a checkpoint folder written by `save_checkpoint`, the model on `device`."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint {folder}: folder not found")
-    meta = read_json(folder, META)
     model = GPT.from_pretrained(folder).to(device)
+    meta = read_json(folder, META)
     trainer_state = None
     if load_trainer and (folder / TRAINER).is_file():
         try:

@@ -257,6 +257,8 @@ class GPT(nn.Module):
         from model import checkpoint, hf  # both import this module
 
         folder = Path(path)
+        if not folder.is_dir():
+            raise checkpoint.CheckpointError(f"checkpoint {folder}: folder not found")
         raw = checkpoint.read_json(folder, checkpoint.CONFIG)
         tensors = checkpoint.read_tensors(folder, checkpoint.WEIGHTS)
         if raw.get("model_type") == "gpt2":

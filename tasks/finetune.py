@@ -56,14 +56,8 @@ from model.heads import TaskHead, TaskModel
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, read_jsonl, resolve_device, stage_main
+from tasks.data import TASK_FIELDS as TASK_TYPES  # the data contract: task type -> text fields of a row
 
-# the data contract: task type -> the text fields of a row
-TASK_TYPES = {
-    "classification": ("text",),
-    "entailment": ("premise", "hypothesis"),
-    "similarity": ("text_a", "text_b"),
-    "multiple_choice": ("context", "choices"),
-}
 INITS = ("pretrain", "scratch")
 SPLITS = ("train", "val", "test")
 
@@ -476,7 +470,9 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
     data = {s: encode_split(task, s, tok, sp, max_len, fc.max_train_rows if s == "train" else -1) for s in SPLITS}
     truncated = sum(d.truncated for d in data.values())
     tracking.log_metrics({"truncated": truncated, **{f"truncated/{s}": d.truncated for s, d in data.items()}})
-    enabled = tracking_active()
+    import mlflow
+
+    enabled = mlflow.active_run() is not None
     results: dict[str, dict] = {}
     for k, (init, lm_coef) in enumerate(todo):
         with setting_run(enabled, task.name, init, lm_coef):
@@ -508,17 +504,11 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
     return metrics
 
 
-def tracking_active() -> bool:
-    import mlflow
-
-    return mlflow.active_run() is not None
-
-
 def run(cfg) -> dict[str, float]:
     fc: FinetuneConfig = OmegaConf.to_object(cfg.finetune)
     with tracking.stage_run(cfg, "finetune", sections=["finetune"], run_name=f"finetune/{fc.task}"):
         metrics = finetune(cfg, fc)
-    return {k: v for k, v in tracking.flatten(metrics).items()}
+    return tracking.flatten(metrics)
 
 
 if __name__ == "__main__":

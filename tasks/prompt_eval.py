@@ -3,7 +3,7 @@
     python -m tasks.prompt_eval                                    # models/pretrain on conf/ defaults
     python -m tasks.prompt_eval prompt_eval.model=sft prompt_eval.shots=[0,1,4,8]
     python -m tasks.prompt_eval prompt_eval.model=/path/to/hf-gpt2 # a Hugging Face GPT-2 folder
-    python -m tasks.prompt_eval experiment=smoke prompt_eval.max_items=20   # tiny CPU run, seconds
+    python -m tasks.prompt_eval experiment=smoke prompt_eval.too_long=skip prompt_eval.max_items=20  # seconds
 
 Each task under `prompt_eval.data_dir/<task>/` is written as text by its template in
 conf/prompt_eval.yaml: an optional instruction, k solved examples from the train split, then the
@@ -23,7 +23,8 @@ query. The model sees only that text: no special tokens, no new tokens, no weigh
   of one draw, so the 1-shot example is also the first of the 4-shot ones (a smoother k curve).
 - long contexts: when context + continuation exceed the model's window, whole examples are
   dropped, oldest (leftmost) first, then the instruction; such an item counts as `truncated`.
-  If the query and its continuation alone do not fit, that is an InputError.
+  If the query and its continuation alone do not fit, that is an InputError, or with
+  `too_long=skip` the item is left out at every k and counted as `skipped`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
 
 KINDS = ("choice", "generate")
+TOO_LONG = ("error", "skip")
 
 
 @dataclass
@@ -76,10 +78,15 @@ class PromptEvalConfig:
     max_items: int = 200  # test items per task (the first ones); -1 = all
     seed: int = 1337  # draws each item's examples
     batch_size: int = 64  # sequences per forward pass (an item's choices are never split)
+    too_long: str = "error"  # a query that alone overflows the window: error | skip (counted as `skipped`)
     metrics_file: str = "metrics/prompt_eval.json"  # {model: {task: {k<k>: {acc, acc_norm, n, chance, ...}}}}
     table_file: str = "metrics/prompt_eval_table.md"  # accuracy by task and k, chance beside it
     curve_file: str = "metrics/prompt_eval_curve.csv"  # model,task,k,acc,chance (DVC plot)
     plot_file: str = "metrics/prompt_eval_curve.png"  # accuracy against k, one panel per task
+
+
+class QueryTooLong(InputError):
+    """A test item's query and continuation alone exceed the model's window."""
 
 
 @dataclass
@@ -215,10 +222,10 @@ def fit_context(tok: Tokenizer, task: Task, item: int, examples: list[dict], roo
         ids = tok.encode(text) or [tok.eos_id]  # an empty context is conditioned on <|endoftext|>, as GPT-2
         if len(ids) <= room:
             return ids, kept
-    raise InputError(
+    raise QueryTooLong(
         f"task {task.name}, test item {item + 1}: the query alone is {len(ids)} tokens, but beside {need} "
         f"only {max(room, 0)} fit the model's window: shorten prompt_eval.tasks.{task.name}.template "
-        "or use a model with a larger block_size"
+        "or use a model with a larger block_size (or set prompt_eval.too_long=skip)"
     )
 
 
@@ -304,6 +311,7 @@ def check_ids(ids: list[int], vocab_size: int, task: str) -> None:
 class Request:
     """One test item, tokenized: the context and what follows it."""
 
+    item: int  # index in the test split
     context: list[int]  # instruction? + examples + query, token ids
     shots: int  # examples kept (fewer than k when the context was truncated)
     targets: list[str]  # the choices' texts (choice tasks) or the gold answer (generate tasks)
@@ -311,7 +319,10 @@ class Request:
 
 
 def build_requests(tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig, block_size: int, vocab_size: int) -> list[Request]:
-    """The first `max_items` test items at k shots, each fitted into `block_size` tokens."""
+    """The first `max_items` test items at k shots, each fitted into `block_size` tokens.
+
+    With `too_long=skip` an item whose query alone does not fit is left out (the same items at every k).
+    """
     spec = task.spec
     n = len(task.test) if pc.max_items < 0 else min(pc.max_items, len(task.test))
     out = []
@@ -327,32 +338,45 @@ def build_requests(tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig, blo
                 raise InputError(f"task {task.name}, test item {i + 1}: a choice renders to no tokens")
             longest = max(map(len, ids))
             # the last choice token is never fed to the model: context + choice - 1 must fit
-            ctx, shots = fit_context(tok, task, i, examples, block_size + 1 - longest, f"its longest choice ({longest} tokens)")
+            room, need = block_size + 1 - longest, f"its longest choice ({longest} tokens)"
         else:
             texts, ids = [spec.verbalizer.get(row["answer"], row["answer"])], []  # exact match is on the answer
-            ctx, shots = fit_context(tok, task, i, examples, block_size - spec.max_new_tokens, f"max_new_tokens={spec.max_new_tokens}")
+            room, need = block_size - spec.max_new_tokens, f"max_new_tokens={spec.max_new_tokens}"
+        try:
+            ctx, shots = fit_context(tok, task, i, examples, room, need)
+        except QueryTooLong:
+            if pc.too_long == "skip":
+                continue
+            raise
         check_ids(ctx + [t for c in ids for t in c], vocab_size, task.name)
-        out.append(Request(ctx, shots, texts, ids))
+        out.append(Request(i, ctx, shots, texts, ids))
     return out
 
 
-def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig) -> tuple[dict, list[dict]]:
-    """Accuracy of one task at k shots, and the first few items rendered, for inspection."""
+def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig) -> tuple[dict | None, list[dict]]:
+    """Accuracy of one task at k shots, and the first few items rendered, for inspection.
+
+    None when every item was skipped (`too_long=skip`): no accuracy to report.
+    """
     reqs = build_requests(tok, task, k, pc, model.config.block_size, model.config.vocab_size)
     n = len(reqs)
+    n_all = len(task.test) if pc.max_items < 0 else min(pc.max_items, len(task.test))
+    if n == 0:
+        return None, []
     samples = []
     if task.kind == "choice":
         scores = score_choices(model, [r.context for r in reqs], [r.target_ids for r in reqs], pc.batch_size)
         correct = correct_norm = 0
         for i, (sc, r) in enumerate(zip(scores, reqs)):
-            gold = task.test[i]["choices"].index(task.test[i]["answer"])
+            row = task.test[r.item]
+            gold = row["choices"].index(row["answer"])
             pred = max(range(len(sc)), key=sc.__getitem__)  # ties: the first choice
             pred_norm = max(range(len(sc)), key=lambda j: sc[j] / len(r.targets[j]))  # per character
             correct += pred == gold
             correct_norm += pred_norm == gold
             if i < 3:
                 samples.append({"prompt": tok.decode(r.context), "choices": r.targets, "logprobs": sc, "gold": gold})
-        chance = sum(1 / len(task.test[i]["choices"]) for i in range(n)) / n
+        chance = sum(1 / len(task.test[r.item]["choices"]) for r in reqs) / n
         m = {"acc": correct / n, "acc_norm": correct_norm / n, "chance": chance}
     else:
         preds = generate_answers(model, tok, [r.context for r in reqs], task.spec, pc.batch_size)
@@ -360,7 +384,12 @@ def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEval
         for i in range(min(3, n)):
             samples.append({"prompt": tok.decode(reqs[i].context), "generated": preds[i], "gold": reqs[i].targets[0]})
         m = {"acc": sum(hits) / n, "chance": 0.0}
-    m |= {"n": n, "truncated": sum(r.shots < k for r in reqs), "mean_shots": sum(r.shots for r in reqs) / n}
+    m |= {
+        "n": n,
+        "skipped": n_all - n,
+        "truncated": sum(r.shots < k for r in reqs),
+        "mean_shots": sum(r.shots for r in reqs) / n,
+    }
     return m, samples
 
 
@@ -407,7 +436,9 @@ def table_rows(metrics: dict) -> list[dict]:
                         "acc_norm": round(m["acc_norm"], 4) if "acc_norm" in m else None,
                         "chance": round(m["chance"], 4),
                         "n": m["n"],
+                        "skipped": m.get("skipped", 0),
                         "truncated": m.get("truncated", 0),
+                        "mean_shots": round(m.get("mean_shots", int(key[1:])), 2),
                     }
                 )
     return rows
@@ -429,8 +460,13 @@ def markdown_table(metrics: dict) -> str:
             for k in ks:
                 r = mine.get(k)
                 cells.append("–" if r is None else f"{r['acc']:.3f}" + ("" if r["acc_norm"] is None else f" ({r['acc_norm']:.3f})"))
+                if r is not None and r["skipped"] and k == ks[0]:
+                    notes.append(f"{model} {task}: {r['skipped']} test items skipped, their query alone overflows the window")
                 if r is not None and r["truncated"]:
-                    notes.append(f"{model} {task} k={k}: {r['truncated']}/{r['n']} contexts truncated")
+                    notes.append(
+                        f"{model} {task} k={k}: {r['truncated']}/{r['n']} contexts truncated "
+                        f"({r['mean_shots']:.2f} examples kept on average)"
+                    )
             first = next(iter(mine.values()))
             lines.append(f"| {model} | {task} | {first['n']} | {first['chance']:.3f} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -484,6 +520,8 @@ def check_config(pc: PromptEvalConfig) -> list[str]:
         raise InputError(f"prompt_eval.shots={pc.shots}: need distinct k >= 0")
     if pc.batch_size < 1 or pc.max_items == 0 or pc.max_items < -1:
         raise InputError("prompt_eval: need batch_size >= 1 and max_items >= 1 (or -1 = all)")
+    if pc.too_long not in TOO_LONG:
+        raise InputError(f"prompt_eval.too_long={pc.too_long!r}: expected one of {', '.join(TOO_LONG)}")
     names = list(pc.select) or list(pc.tasks)
     unknown = [n for n in names if n not in pc.tasks]
     if unknown:
@@ -497,16 +535,20 @@ def evaluate(model: GPT, tok: Tokenizer, tasks: list[Task], pc: PromptEvalConfig
     """{task: {k<k>: metrics}} for every task and k, and the rendered samples by "task/k<k>"."""
     results, samples = {}, {}
     for task in tasks:
-        results[task.name] = {}
         for k in sorted(pc.shots):
             t0 = time.perf_counter()
             m, samples[f"{task.name}/k{k}"] = evaluate_task(model, tok, task, k, pc)
-            results[task.name][f"k{k}"] = m
+            if m is None:  # the same items are skipped at every k
+                print(f"prompt_eval: {task.name}: skipped, no query fits the model's window", file=sys.stderr)
+                break
+            results.setdefault(task.name, {})[f"k{k}"] = m
             print(
-                f"prompt_eval: {task.name} k={k}: acc={m['acc']:.3f} chance={m['chance']:.3f} "
-                f"n={m['n']} truncated={m['truncated']} ({time.perf_counter() - t0:.1f} s)",
+                f"prompt_eval: {task.name} k={k}: acc={m['acc']:.3f} chance={m['chance']:.3f} n={m['n']} "
+                f"skipped={m['skipped']} truncated={m['truncated']} ({time.perf_counter() - t0:.1f} s)",
                 file=sys.stderr,
             )
+    if not results:
+        raise InputError("prompt_eval: every task was skipped, no query fits the model's window")
     return results, samples
 
 
@@ -534,7 +576,7 @@ def run(cfg) -> dict[str, float]:
         flat = {}
         for task, by_k in results.items():
             for key, m in by_k.items():
-                flat |= {f"prompt_eval/{task}/{key}/{s}": m[s] for s in ("acc", "acc_norm", "truncated") if s in m}
+                flat |= {f"prompt_eval/{task}/{key}/{s}": m[s] for s in ("acc", "acc_norm", "truncated", "skipped") if s in m}
         for key in {f"k{k}" for k in pc.shots}:
             flat[f"prompt_eval/mean/{key}/acc"] = sum(by_k[key]["acc"] for by_k in results.values()) / len(results)
         if run_ is not None:

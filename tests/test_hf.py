@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig, save_checkpoint
-from model.hf import export_hf
+from model.hf import export_hf, verify_export
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,12 +86,17 @@ def test_export_refuses_post_ln(tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+def test_verify_export(tmp_path):
+    save_checkpoint(tmp_path / "ck", tiny(), {})
+    assert verify_export(tmp_path / "ck", export_hf(tmp_path / "ck", tmp_path / "hf")) < 1e-4
+
+
 def test_export_cli(tmp_path):
     save_checkpoint(tmp_path / "ck", tiny(), {"step": 3})
-    cmd = [sys.executable, "-m", "model.hf", "export", str(tmp_path / "ck"), str(tmp_path / "hf"), "--verify"]
+    cmd = [sys.executable, "-m", "model.hf", "export", str(tmp_path / "ck"), str(tmp_path / "hf")]
     ok = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "max |logit difference|" in ok.stdout and (tmp_path / "hf" / "model.safetensors").is_file()
+    assert "exported" in ok.stdout and (tmp_path / "hf" / "model.safetensors").is_file()
 
     cmd = [sys.executable, "-m", "model.hf", "export", str(tmp_path / "missing"), str(tmp_path / "hf2")]
     bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

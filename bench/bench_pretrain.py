@@ -1,0 +1,102 @@
+"""Training throughput: our GPT vs transformers' GPT2LMHeadModel, same config, data and optimizer.
+
+    .venv/bin/python bench/bench_pretrain.py [--steps 30] [--threads 2] [--block-size 128 --batch 8]
+
+Both models get the same weights (exported through model.hf), the same random token batches and
+the same AdamW; the loss is the same F.cross_entropy on the logits for both, so only the model's
+forward + backward differs. Steps are interleaved (one step of each model in turn) so a busy
+machine slows every contender alike; tokens/s come from the median and the best step time.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+from model.hf import export_hf  # noqa: E402
+
+
+def ours_loss(model, x, y):
+    return model(x, y)[1]
+
+
+def hf_loss(model, x, y):
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per model")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block-size", type=int, default=128, help="tokens per row")
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+    from transformers import GPT2LMHeadModel
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+    config = GPTConfig(vocab_size=1024, block_size=args.block_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+    torch.manual_seed(0)
+    ours = GPT(config)
+    contenders = {"ours (SDPA)": (ours, ours_loss)}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp) / "ck", ours, {})
+        export_hf(Path(tmp) / "ck", Path(tmp) / "hf")
+        for impl in ("eager", "sdpa"):
+            try:
+                hf = GPT2LMHeadModel.from_pretrained(Path(tmp) / "hf", attn_implementation=impl).float()
+            except (ValueError, ImportError) as e:
+                print(f"transformers {impl}: unavailable ({e})")
+                continue
+            contenders[f"transformers {impl}"] = (hf, hf_loss)
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(config.vocab_size, (args.warmup + args.steps, args.batch, config.block_size + 1), generator=g)
+    optimizers = {
+        name: torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        for name, (model, _) in contenders.items()
+    }
+    times = {name: [] for name in contenders}
+    for i, d in enumerate(data):
+        x, y = d[:, :-1], d[:, 1:]
+        for name, (model, loss_fn) in contenders.items():
+            model.train()
+            t0 = time.perf_counter()
+            loss = loss_fn(model, x, y)
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+
+    tokens = args.batch * config.block_size
+    med = {name: tokens / statistics.median(t) for name, t in times.items()}
+    best = {name: tokens / min(t) for name, t in times.items()}
+    ref = "ours (SDPA)"
+    print(
+        f"\ntraining throughput, {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, "
+        f"batch {args.batch} x {config.block_size} tokens, vocab {config.vocab_size}, {args.threads} threads, "
+        f"{args.steps} interleaved steps, torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+    print(f"{'model':<22}{'tokens/s (median)':>19}{'ours / this':>13}{'tokens/s (best)':>17}{'ours / this':>13}")
+    for name in contenders:
+        print(
+            f"{name:<22}{med[name]:>19,.0f}{med[ref] / med[name]:>12.2f}x"
+            f"{best[name]:>17,.0f}{best[ref] / best[name]:>12.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
