@@ -76,8 +76,8 @@ class FinetuneConfig:
     lm_coef: float = 0.5  # λ in L3 = L2 + λ·L1; 0 = no auxiliary LM loss (not even computed)
     ablations: AblationGrid = field(default_factory=AblationGrid)  # extra settings; a list empty = main only
     epochs: int = 3  # passes over the training split
-    batch_size: int = 32  # examples per optimizer step
-    lr: float = 1e-3  # peak learning rate
+    batch_size: int = 8  # examples per optimizer step
+    lr: float = 3e-4  # peak learning rate
     warmup_fraction: float = 0.05  # share of all steps spent in linear warm-up
     weight_decay: float = 0.01  # AdamW decay on matmul weights
     grad_clip: float = 1.0  # max global grad norm; 0 = off
