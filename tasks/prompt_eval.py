@@ -56,6 +56,7 @@ class PromptTemplate:
     """How one task is posed as text; `{field}`s are filled from the task's rows (str.format)."""
 
     template: str = ""  # the query, e.g. "Review: {text}\nSentiment:" (fields of task.json)
+    task: str = ""  # the data folder under data_dir; "" = this template's own name
     target: str = " {answer}"  # what follows the query: each choice scored, or an example's solution
     instruction: str = ""  # task description placed before the examples ("" = none); no fields
     verbalizer: dict[str, str] = field(default_factory=dict)  # answer -> the words {answer} becomes ({} = itself)
@@ -114,7 +115,7 @@ def template_fields(text: str, key: str) -> set[str]:
 
 def load_task(data_dir: Path, name: str, spec: PromptTemplate) -> Task:
     """Read task.json and both splits; check the template against the task's fields and rows."""
-    folder = data_dir / name
+    folder = data_dir / (spec.task or name)
     meta_path = folder / "task.json"
     if not meta_path.is_file():
         raise InputError(f"{meta_path}: not found (run the data stage, or drop {name} from prompt_eval.select)")
@@ -135,7 +136,7 @@ def load_task(data_dir: Path, name: str, spec: PromptTemplate) -> Task:
         for f in sorted(template_fields(getattr(spec, part), f"{key}.{part}")):
             if f not in allowed:
                 raise InputError(
-                    f"{key}.{part} names the field {{{f}}}, which task {name} lacks "
+                    f"{key}.{part} names the field {{{f}}}, which task {folder.name} lacks "
                     f"(it may use: {', '.join(allowed) or 'no fields'})"
                 )
             used.add(f)
@@ -177,7 +178,7 @@ def example_text(spec: PromptTemplate, row: dict) -> str:
 def draw_examples(task: Task, item: int, k: int, seed: int) -> list[int]:
     """Train-row indices of the k examples shown before test item `item`: same seed, same rows.
 
-    Rejection sampling from one RNG seeded by (seed, task, item): a draw of k is a prefix of a
+    Rejection sampling from one RNG seeded by (seed, data task, item): a draw of k is a prefix of a
     draw of k + 1. Train rows whose query text equals the test item's are excluded.
     """
     if k == 0:
@@ -192,7 +193,8 @@ def draw_examples(task: Task, item: int, k: int, seed: int) -> list[int]:
             f"prompt_eval.shots: k={k} exceeds the {len(task.train) - len(excluded)} rows of {path} "
             f"that differ from test item {item + 1}"
         )
-    rng = random.Random(f"{seed}/{task.name}/{item}")  # str seeds hash with sha512: stable across runs
+    # str seeds hash with sha512: stable across runs; two templates of one data task see the same examples
+    rng = random.Random(f"{seed}/{task.spec.task or task.name}/{item}")
     out: list[int] = []
     while len(out) < k:
         j = rng.randrange(len(task.train))

@@ -150,6 +150,8 @@ def test_fewshot_examples_exclude_the_query_and_follow_the_seed(world):
     assert a != [draw_examples(task, i, 4, seed=2) for i in range(len(task.test))]
     assert a[0] != a[1]  # drawn per item
     assert draw_examples(task, 0, 1, seed=1) == a[0][:1]  # nested: k=1 is the first of k=4
+    other = load_task(world[0], "sentiment_v2", PromptTemplate(task="sentiment", template="{text} Verdict:"))
+    assert draw_examples(other, 0, 4, seed=1) == a[0]  # another template of the same data: same examples
     with pytest.raises(InputError, match=r"k=41 exceeds the 40 rows"):
         draw_examples(task, 0, 41, seed=1)
     colour = task_of(world, "colour")
