@@ -86,7 +86,7 @@ class FinetuneConfig:
     max_train_rows: int = -1  # use only the first N training rows; -1 = all
     eval_batch_size: int = 128  # examples per forward pass when evaluating
     seed: int = 1337  # init of head / scratch body, data order
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 1  # torch CPU threads; 0 = torch's default (one per core)
     progress: bool = True  # one line per epoch on stderr
     pretrained_dir: str = "models/pretrain"  # checkpoint folder with tokenizer.json
     data_dir: str = "data/raw"  # reads tasks/<task>/{task.json,train,val,test.jsonl}
@@ -457,8 +457,6 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> tuple[TaskModel, di
 def finetune(cfg, fc: FinetuneConfig) -> dict:
     """Run every setting for `fc.task`; write the checkpoint and metrics; return the nested metrics."""
     device = resolve_device(cfg.device)
-    if fc.threads > 0:
-        torch.set_num_threads(fc.threads)
     todo = settings(fc)
     task = load_task(fc.data_dir, fc.task)
     base, tok, tok_path = load_base(fc.pretrained_dir)
@@ -506,8 +504,14 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
 
 def run(cfg) -> dict[str, float]:
     fc: FinetuneConfig = OmegaConf.to_object(cfg.finetune)
-    with tracking.stage_run(cfg, "finetune", sections=["finetune"], run_name=f"finetune/{fc.task}"):
-        metrics = finetune(cfg, fc)
+    threads = torch.get_num_threads()
+    if fc.threads > 0:
+        torch.set_num_threads(fc.threads)
+    try:
+        with tracking.stage_run(cfg, "finetune", sections=["finetune"], run_name=f"finetune/{fc.task}"):
+            metrics = finetune(cfg, fc)
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process (tests, notebooks) keep theirs
     return tracking.flatten(metrics)
 
 

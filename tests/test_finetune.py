@@ -253,10 +253,20 @@ def test_user_task_runs_without_code_change(workspace):
         return [{"premise": sentence(rng, 5), "hypothesis": sentence(rng, 3), "label": [10, 20, 30][i % 3]} for i in range(n)]
 
     write_task(workspace, "my_nli", {"type": "entailment", "labels": [10, 20, 30]}, {"train": rows(30), "val": rows(9), "test": rows(9)})
-    finetune.run(compose([*QUICK, "finetune.task=my_nli", "finetune.ablations.init=[]"]))
-    m = json.loads(Path("metrics/finetune/my_nli.json").read_text())["my_nli"]["pretrain"]["lm0.5"]
-    assert 0.0 <= m["test_macro_f1"] <= 1.0
+    tracked = [o for o in QUICK if not o.startswith("tracking.")] + [f"tracking.uri=sqlite:///{workspace}/mlflow.db"]
+    finetune.run(compose([*tracked, "finetune.task=my_nli", "finetune.ablations.init=[pretrain]", "finetune.ablations.lm_coef=[0.0]"]))
+    m = json.loads(Path("metrics/finetune/my_nli.json").read_text())["my_nli"]
+    assert set(m["pretrain"]) == {"lm0.5", "lm0.0"} and 0.0 <= m["pretrain"]["lm0.5"]["test_macro_f1"] <= 1.0
     assert load_checkpoint("models/finetune/my_nli").meta["head"]["n_out"] == 3
+
+    # MLflow: the stage's run, and one child run per setting nested under it
+    import mlflow
+
+    runs = mlflow.search_runs(search_all_experiments=True).set_index("tags.mlflow.runName")
+    parent = runs.loc["finetune/my_nli", "run_id"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent]
+    assert sorted(children.index) == ["my_nli/pretrain/lm0.0", "my_nli/pretrain/lm0.5"]
+    assert children.loc["my_nli/pretrain/lm0.0", "metrics.final/test_acc"] == m["pretrain"]["lm0.0"]["test_acc"]
 
 
 # --- bad input -----------------------------------------------------------------------------------
