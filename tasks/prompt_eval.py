@@ -11,8 +11,8 @@ query. The model sees only that text: no special tokens, no new tokens, no weigh
 
 - choice tasks: each choice is scored by the summed log-probability of its tokens after the
   context (`acc`), and by that sum divided by the choice's length in characters (`acc_norm`, as
-  lm-evaluation-harness does). One forward pass per [context + choice] row; all choices of an item
-  share a batch, several items fill it.
+  lm-evaluation-harness does). Batches of whole items; each context runs once into a KV cache
+  that all of the item's choices continue from.
 - generate tasks: greedy decoding (KV cache, left-padded batches) of up to `max_new_tokens`, cut
   at the first stop sequence, scored by exact match with the answer after `normalize_answer`
   (`acc`); words every answer shares ("It is") belong in the template, not the target.
@@ -42,7 +42,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from model import GPT, generate
+from model import GPT, KVCache, generate
 from model.tokenizer import SPECIALS, Tokenizer, TokenizerError
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
@@ -234,43 +234,69 @@ def fit_context(tok: Tokenizer, task: Task, item: int, examples: list[dict], roo
 # --- scoring -------------------------------------------------------------------------------------
 
 
+def pack_items(contexts: list[list[int]], choices: list[list[list[int]]], batch_size: int, block_size: int) -> list[list[int]]:
+    """Item indices in batches of at most `batch_size` choice rows (an item is never split).
+
+    Longest first, so neighbours pad little; a batch's longest context + longest choice - 1 must
+    fit the window, because contexts are left-padded to one column and choices follow it.
+    """
+    order = sorted(range(len(contexts)), key=lambda i: -(len(contexts[i]) + max(map(len, choices[i]))))
+    batches, cur, rows, P, L = [], [], 0, 0, 0
+    for i in order:
+        p, l = max(P, len(contexts[i])), max(L, max(map(len, choices[i])))
+        if cur and (rows + len(choices[i]) > batch_size or p + l - 1 > block_size):
+            batches.append(cur)
+            cur, rows, p, l = [], 0, len(contexts[i]), max(map(len, choices[i]))
+        cur.append(i)
+        rows, P, L = rows + len(choices[i]), p, l
+    return batches + [cur] if cur else batches
+
+
 @torch.inference_mode()
 def score_choices(model: GPT, contexts: list[list[int]], choices: list[list[list[int]]], batch_size: int) -> list[list[float]]:
     """log p(choice | context) summed over the choice's tokens, for every choice j of every item i.
 
-    Rows [context + choice] are right-padded: with causal attention no real token sees the padding,
-    so no mask is needed. Items are sorted by length (less padding) and packed whole into batches.
-    Only the continuation positions go through lm_head, so a 50k vocabulary costs little memory.
+    The context is computed once per item, not once per choice: the items' contexts run as one
+    left-padded batch into a KV cache, the cache is copied to one row per choice, and all
+    choices (right-padded, after the context column) run in a second pass. Only the positions
+    that predict a choice token go through lm_head, so a 50k vocabulary costs little memory.
     """
     device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
     out = [[0.0] * len(c) for c in choices]
-    order = sorted(range(len(contexts)), key=lambda i: -(len(contexts[i]) + max(map(len, choices[i]))))
-    batches, cur, n_rows = [], [], 0
-    for i in order:
-        if cur and n_rows + len(choices[i]) > batch_size:
-            batches.append(cur)
-            cur, n_rows = [], 0
-        cur.append(i)
-        n_rows += len(choices[i])
-    if cur:
-        batches.append(cur)
-    for items in batches:
-        rows = [(i, j, contexts[i] + c, len(contexts[i])) for i in items for j, c in enumerate(choices[i])]
-        T = max(len(ids) for _, _, ids, _ in rows) - 1
-        x = torch.zeros((len(rows), T), dtype=torch.long)  # pad id 0: never attended by a real token
-        row_of, pos, tgt = [], [], []
-        for r, (_, _, ids, c) in enumerate(rows):
-            x[r, : len(ids) - 1] = torch.tensor(ids[:-1])
-            row_of += [r] * (len(ids) - c)
-            pos += range(c - 1, len(ids) - 1)  # position t predicts token t + 1
-            tgt += ids[c:]
-        h = model.hidden_states(x.to(device))  # (R, T, C)
-        h = h[torch.tensor(row_of, device=device), torch.tensor(pos, device=device)]  # (N, C) continuation positions
-        logp = F.log_softmax(model.lm_head(h).float(), dim=-1)  # (N, vocab)
-        logp = logp.gather(1, torch.tensor(tgt, device=device)[:, None]).squeeze(1)  # (N,)
-        sums = torch.zeros(len(rows), device=device).index_add_(0, torch.tensor(row_of, device=device), logp)
-        for (i, j, _, _), s in zip(rows, sums.tolist()):
-            out[i][j] = s
+    for items in pack_items(contexts, choices, batch_size, model.config.block_size):
+        ctxs = [contexts[i] for i in items]
+        P = max(map(len, ctxs))
+        x = torch.zeros((len(items), P), dtype=torch.long)  # pad id 0: masked out
+        mask = torch.zeros((len(items), P), dtype=torch.long)
+        for b, c in enumerate(ctxs):
+            x[b, P - len(c) :], mask[b, P - len(c) :] = torch.tensor(c), 1
+        rows = [(b, j, c) for b, i in enumerate(items) for j, c in enumerate(choices[i])]
+        L = max(len(c) for _, _, c in rows)
+        owner = torch.tensor([b for b, _, _ in rows], device=device)  # (R,) item of each choice row
+        x, mask = x.to(device), mask.to(device)
+        cache = KVCache(model.config, len(items), P + L - 1, device=device, dtype=dtype)
+        padded = min(map(len, ctxs)) < P
+        h = model.hidden_states(x, attention_mask=mask if padded else None, kv_cache=cache)  # (B, P, C)
+        h = h[owner, -1:]  # (R, 1, C): the last context position predicts each choice's first token
+        if L > 1:
+            # one cache row per choice: each layer's (B, nh, max_T, hs) -> (R, nh, max_T, hs)
+            cache.k, cache.v = [t[owner] for t in cache.k], [t[owner] for t in cache.v]
+            y = torch.zeros((len(rows), L - 1), dtype=torch.long)  # choices without their last token
+            for r, (_, _, c) in enumerate(rows):
+                y[r, : len(c) - 1] = torch.tensor(c[:-1])
+            # right padding after a choice is seen by no real token; positions continue each context
+            m = torch.cat([mask[owner], torch.ones((len(rows), L - 1), dtype=torch.long, device=device)], 1)
+            h = torch.cat([h, model.hidden_states(y.to(device), attention_mask=m, kv_cache=cache)], 1)  # (R, L, C)
+        row_of = [r for r, (_, _, c) in enumerate(rows) for _ in c]
+        pos = [t for _, _, c in rows for t in range(len(c))]  # h[r, t] predicts choice token t
+        tgt = torch.tensor([t for _, _, c in rows for t in c], device=device)
+        row_of = torch.tensor(row_of, device=device)
+        logp = F.log_softmax(model.lm_head(h[row_of, torch.tensor(pos, device=device)]).float(), dim=-1)  # (N, vocab)
+        logp = logp.gather(1, tgt[:, None]).squeeze(1)  # (N,)
+        sums = torch.zeros(len(rows), device=device).index_add_(0, row_of, logp)
+        for (b, j, _), v in zip(rows, sums.tolist()):
+            out[items[b]][j] = v
     return out
 
 

@@ -184,8 +184,9 @@ def test_prompt_text_and_loglikelihoods_match_transformers(world, tmp_path):
                 ex = [task.train[j] for j in draw_examples(task, 0, 2, 3)]
                 want = "".join(f"Review: {e['text']}\nSentiment: {e['answer']}{target[9:]}\n\n" for e in ex)
                 assert tok.decode(reqs[0].context) == want + f"Review: {task.test[0]['text']}\nSentiment:"
-            # batch_size 3 < 4 items x 2 choices: several batches, rows of unequal length padded together
-            ours = score_choices(ckpt.model, [r.context for r in reqs], [r.target_ids for r in reqs], batch_size=3)
+            # batch_size 5: two items (4 choice rows) per batch, contexts of unequal length padded together
+            assert len({len(r.context) for r in reqs}) > 1
+            ours = score_choices(ckpt.model, [r.context for r in reqs], [r.target_ids for r in reqs], batch_size=5)
             for r, scores in zip(reqs, ours):
                 for text, score in zip(r.targets, scores):
                     ids = tok.encode(tok.decode(r.context)) + tok.encode(text)  # re-tokenized from text
@@ -223,7 +224,9 @@ def test_generation_batched_equals_one_at_a_time(world):
 
 
 def test_stage_end_to_end(world, tmp_path):
-    cfg = make_cfg(tmp_path, world, "prompt_eval.shots=[0,2]")
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_cfg(tmp_path, world, "prompt_eval.shots=[0,2]", "tracking.enabled=true",
+                   f"tracking.uri={db}", f"tracking.artifact_dir={tmp_path / 'mlruns'}")
     flat = run(cfg)
     out = tmp_path / "metrics"
     name = world[1].name
@@ -242,6 +245,15 @@ def test_stage_end_to_end(world, tmp_path):
     curve = (out / "curve.csv").read_text().splitlines()
     assert curve[0] == "model,task,k,acc,chance" and len(curve) == 5
     assert (out / "curve.png").stat().st_size > 1000
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=db)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("instructflow").experiment_id])
+    assert mlrun.data.metrics["prompt_eval/sentiment/k2/acc"] == sen["k2"]["acc"]
+    assert "prompt_eval/colour/k0/acc_norm" not in mlrun.data.metrics
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "prompt_eval/colour/acc_by_k")] == [0, 2]
+    assert {"prompt_eval_curve.png", "prompt_eval_samples.json"} <= {a.path for a in client.list_artifacts(mlrun.info.run_id)}
 
 
 # --- bad input -----------------------------------------------------------------------------------
