@@ -20,7 +20,7 @@ from model.gpt import GPT, KVCache
 class GenerateOutput:
     tokens: list[list[int]]  # new tokens per row, up to and including EOS
     logprobs: list[list[float]]  # log p(token) under the model at temperature 1, aligned with `tokens`
-    sequences: torch.Tensor  # (B, T_prompt_padded + n_steps) long: left-padded prompts, then new tokens (pad_id after EOS)
+    sequences: torch.Tensor  # (B, T_prompt_padded + n_steps) long: left-padded prompts, new tokens, pad_id after EOS
     attention_mask: torch.Tensor  # (B, T_prompt_padded + n_steps) long: 1 = real prompt or generated token, 0 = padding
 
 
@@ -42,7 +42,7 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, ge
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-@torch.no_grad()  # not inference_mode: PPO later feeds `sequences` back through autograd
+@torch.no_grad()
 def generate(
     model: GPT,
     prompts: list[list[int]],
@@ -77,10 +77,37 @@ def generate(
             f"longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
             f"the model's block_size of {model.config.block_size}"
         )
-    device = next(model.parameters()).device
 
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():  # leaner than no_grad; what is returned is copied out of it below
+            seq, logprobs, n = _decode(
+                model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, use_cache, generator
+            )
+    finally:
+        model.train(was_training)
+
+    sequences = seq[:, : P + n].clone()  # (B, P + n) ordinary tensors: PPO runs autograd over these
+    attention_mask = torch.ones_like(sequences)
+    tokens, token_logprobs = [], []
+    for i, (p, row, lp) in enumerate(zip(prompts, seq[:, P : P + n].tolist(), logprobs.tolist())):
+        stop = row.index(eos_id) + 1 if eos_id is not None and eos_id in row else n
+        tokens.append(row[:stop])
+        token_logprobs.append(lp[:stop])
+        attention_mask[i, : P - len(p)] = 0  # left padding
+        attention_mask[i, P + stop :] = 0  # after EOS
+    return GenerateOutput(tokens, token_logprobs, sequences, attention_mask)
+
+
+def _decode(model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, use_cache, generator):
+    """The sampling loop: (sequences (B, P + max_new) with n filled new columns, logprobs (B, n), n)."""
+    lens = [len(p) for p in prompts]
+    B, P = len(prompts), max(lens)
+    total = P + max_new_tokens
+    device = next(model.parameters()).device
     seq = torch.full((B, total), pad_id, dtype=torch.long)
-    mask = torch.ones((B, total), dtype=torch.bool)  # new tokens are real; columns after EOS are cleared at the end
+    mask = torch.ones((B, total), dtype=torch.bool)  # new columns count as real: a finished row's pads affect only it
     for i, p in enumerate(prompts):
         seq[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
         mask[i, : P - len(p)] = False
@@ -90,43 +117,26 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     logprobs = []
 
-    was_training = model.training
-    model.eval()
-    try:
-        cache = None
-        if use_cache:
-            dtype = next(model.parameters()).dtype
-            cache = KVCache(model.config, B, total, device=device, dtype=dtype)
-        logits = model(seq[:, :P], attention_mask=mask[:, :P] if padded else None, kv_cache=cache)[:, -1]  # (B, vocab)
-        n = 0
-        while True:
-            tok = _pick(logits, temperature, top_k, top_p, generator)  # (B,)
-            logprobs.append(F.log_softmax(logits.float(), dim=-1).gather(1, tok[:, None]))  # (B, 1)
-            if eos_id is not None:
-                tok = tok.masked_fill(done, pad_id)
-            seq[:, P + n] = tok
-            n += 1
-            if eos_id is not None:
-                done |= tok == eos_id
-                if bool(done.all()):
-                    break
-            if n == max_new_tokens:
+    cache = KVCache(model.config, B, total, device=device, dtype=next(model.parameters()).dtype) if use_cache else None
+    logits = model(seq[:, :P], attention_mask=mask[:, :P] if padded else None, kv_cache=cache)[:, -1]  # (B, vocab)
+    n = 0
+    while True:
+        tok = _pick(logits, temperature, top_k, top_p, generator)  # (B,)
+        logprobs.append(F.log_softmax(logits.float(), dim=-1).gather(1, tok[:, None]))  # (B, 1)
+        if eos_id is not None:
+            tok = tok.masked_fill(done, pad_id)
+        seq[:, P + n] = tok
+        n += 1
+        if eos_id is not None:
+            done |= tok == eos_id
+            if bool(done.all()):
                 break
-            m = mask[:, : P + n] if padded else None
-            if use_cache:  # feed only the new token; padded rows need their own positions
-                pos = position + (n - 1) if padded else None
-                logits = model(tok[:, None], attention_mask=m, position_ids=pos, kv_cache=cache)[:, -1]
-            else:
-                logits = model(seq[:, : P + n], attention_mask=m)[:, -1]
-    finally:
-        model.train(was_training)
-
-    new = seq[:, P : P + n].tolist()
-    lps = torch.cat(logprobs, dim=1).tolist()
-    tokens, token_logprobs = [], []
-    for i, (row, lp) in enumerate(zip(new, lps)):
-        stop = row.index(eos_id) + 1 if eos_id is not None and eos_id in row else n
-        tokens.append(row[:stop])
-        token_logprobs.append(lp[:stop])
-        mask[i, P + stop :] = False
-    return GenerateOutput(tokens, token_logprobs, seq[:, : P + n], mask[:, : P + n].long())
+        if n == max_new_tokens:
+            break
+        m = mask[:, : P + n] if padded else None
+        if use_cache:  # feed only the new token; padded rows need their own positions
+            pos = position + (n - 1) if padded else None
+            logits = model(tok[:, None], attention_mask=m, position_ids=pos, kv_cache=cache)[:, -1]
+        else:
+            logits = model(seq[:, : P + n], attention_mask=m)[:, -1]
+    return seq, torch.cat(logprobs, dim=1), n

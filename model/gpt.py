@@ -85,7 +85,9 @@ class KVCache:
         return k_all.narrow(2, 0, self.pos + T), v_all.narrow(2, 0, self.pos + T)  # (B, nh, pos + T, hs)
 
 
-def attention_mask_for(attention_mask: torch.Tensor | None, T: int, past: int, device) -> tuple[torch.Tensor | None, bool]:
+def attention_mask_for(
+    attention_mask: torch.Tensor | None, T: int, past: int, device
+) -> tuple[torch.Tensor | None, bool]:
     """(attn_mask, is_causal) for SDPA: queries are the T new tokens, keys the past + T tokens.
 
     attn_mask is bool, True = may attend. Without padding we avoid building any mask.

@@ -153,6 +153,10 @@ def test_greedy_cache_equals_recompute_and_unpadded(norm_position):
     assert cached.sequences.shape == cached.attention_mask.shape == (len(PROMPTS), P + 12)
     assert cached.sequences[:, P:].tolist() == cached.tokens
     assert cached.attention_mask.sum(1).tolist() == [len(p) + 12 for p in PROMPTS]
+    # ordinary tensors (not inference-mode ones): PPO re-scores them with autograd
+    model.train()
+    logits = model(cached.sequences, attention_mask=cached.attention_mask)
+    logits.logsumexp(-1).mean().backward()
 
 
 def test_logprobs_are_the_unmodified_distribution():
@@ -230,7 +234,12 @@ def test_checkpoint_round_trip(tmp_path):
     heads = {"value.weight": torch.randn(1, 32), "value.bias": torch.zeros(1)}
     state = {"optimizer": opt.state_dict(), "step": 7, "rng": torch.get_rng_state()}
     path = save_checkpoint(
-        tmp_path / "ck", model, {"stage": "sft", "step": 7}, tokenizer_path=tok, trainer_state=state, extra_tensors=heads
+        tmp_path / "ck",
+        model,
+        {"stage": "sft", "step": 7},
+        tokenizer_path=tok,
+        trainer_state=state,
+        extra_tensors=heads,
     )
     assert sorted(p.name for p in path.iterdir()) == sorted(
         ["model.safetensors", "config.json", "meta.json", "tokenizer.json", "trainer.pt", "heads.safetensors"]
