@@ -73,11 +73,11 @@ def stage_env(parent_run_id: str | None) -> dict[str, str]:
 
 
 @task(name="configure")
-def configure(overrides: list[str]) -> dict:
-    """Compose conf/ with the overrides, validate, and write params.yaml for DVC."""
+def configure(overrides: list[str]):
+    """Compose conf/ with the overrides, validate, write params.yaml for DVC; return the config."""
     cfg = compose(overrides)
     write_params(cfg)
-    return {"overrides": overrides}
+    return cfg
 
 
 @task(name="stage", task_run_name="{stage}")
@@ -110,12 +110,15 @@ def run_stage(stage: str, parent_run_id: str | None) -> dict:
     return {"stage": stage, "ran": not skipped}
 
 
-def log_cached_stage(cfg, stage: str, parent_run_id: str) -> None:
+def read_stage_metrics(cfg, stage: str) -> dict:
+    path = stage_metrics_file(cfg, stage)
+    return json.loads(path.read_text()) if path and path.is_file() else {}
+
+
+def log_cached_stage(cfg, stage: str, parent_run_id: str, metrics: dict[str, float]) -> None:
     """DVC skipped the stage: record a child run with its current metrics, tagged as cached."""
     import mlflow
 
-    path = stage_metrics_file(cfg, stage)
-    metrics = numeric_leaves(json.loads(path.read_text())) if path and path.is_file() else {}
     exp_id = tracking.setup(cfg.tracking)
     tags = {"instructflow.stage": stage.split("@")[0], "dvc.stage": stage, "dvc.skipped": "true"}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} (cached)", parent_run_id=parent_run_id, tags=tags):
@@ -139,9 +142,9 @@ def dvc_lock_tags() -> dict[str, str]:
     return tags
 
 
-def publish_tables(cfg, results: dict[str, dict[str, float]]) -> None:
+def publish_tables(results: dict[str, dict[str, float]], raw: dict[str, dict]) -> None:
     """Prefect table artifacts: each stage's headline metrics, the GPT-1 ablation table and
-    the GPT-2/3 accuracy-by-shots table."""
+    the GPT-2/3 accuracy-by-shots table (from the stages' metrics files, `raw`)."""
     from tasks import finetune_report, prompt_eval
 
     summary = [
@@ -151,20 +154,13 @@ def publish_tables(cfg, results: dict[str, dict[str, float]]) -> None:
         if s in ("data", "tokenize", "pretrain") or k == "ran"
     ]
     create_table_artifact(summary, key="stage-metrics", description="Headline metrics of each stage (ran = 0: DVC skipped it)")
-    ft = Path(cfg.finetune.report_file)
-    if ft.is_file():
-        create_table_artifact(
-            finetune_report.table_rows(json.loads(ft.read_text())),
-            key="finetune-ablations",
-            description="GPT-1 fine-tuning test accuracy: tasks × {pretrain, scratch} × λ",
-        )
-    pe = Path(cfg.prompt_eval.metrics_file)
-    if pe.is_file():
-        create_table_artifact(
-            prompt_eval.table_rows(json.loads(pe.read_text())),
-            key="prompt-eval",
-            description="Zero/one/few-shot accuracy by task and k, chance beside it",
-        )
+    tables = (
+        ("finetune_report", finetune_report.table_rows, "finetune-ablations", "GPT-1 fine-tuning test accuracy: tasks × {pretrain, scratch} × λ"),
+        ("prompt_eval", prompt_eval.table_rows, "prompt-eval", "Zero/one/few-shot accuracy by task and k, chance beside it"),
+    )
+    for stage, rows, key, description in tables:
+        if raw.get(stage):
+            create_table_artifact(rows(raw[stage]), key=key, description=description)
 
 
 @flow(name="instructflow", log_prints=True)
@@ -173,8 +169,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     overrides = list(overrides or [])
     if not Path(".dvc").is_dir():
         raise ConfigError(f"{Path.cwd()}: not a DVC repository (run `git init && dvc init` there)")
-    configure(overrides)
-    cfg = compose(overrides)
+    cfg = configure(overrides)
     parent_id = None
     if cfg.tracking.enabled:
         import mlflow
@@ -185,14 +180,14 @@ def instructflow(overrides: list[str] | None = None) -> dict:
             tags["git.commit"] = commit
         parent_id = mlflow.MlflowClient().create_run(exp_id, run_name="pipeline", tags=tags).info.run_id
     status = "FAILED"
-    results = {}
+    results, raw = {}, {}
     try:
         for stage in stages(cfg):
             r = run_stage(stage, parent_id)
+            raw[stage] = read_stage_metrics(cfg, stage)
+            results[stage] = numeric_leaves(raw[stage])
             if not r["ran"] and parent_id:
-                log_cached_stage(cfg, stage, parent_id)
-            path = stage_metrics_file(cfg, stage)
-            results[stage] = numeric_leaves(json.loads(path.read_text())) if path and path.is_file() else {}
+                log_cached_stage(cfg, stage, parent_id, results[stage])
             results[stage]["ran"] = float(r["ran"])
         status = "FINISHED"
     finally:
@@ -201,7 +196,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
             for k, v in dvc_lock_tags().items():
                 client.set_tag(parent_id, k, v)
             client.set_terminated(parent_id, status=status)
-    publish_tables(cfg, results)
+    publish_tables(results, raw)
     create_markdown_artifact(
         "\n".join(
             [

@@ -70,7 +70,7 @@ def generate(
     if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
     lens = [len(p) for p in prompts]
-    B, P = len(prompts), max(lens)
+    P = max(lens)
     total = P + max_new_tokens
     if total > model.config.block_size:
         raise ValueError(

@@ -90,6 +90,22 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def read_json(path: str | os.PathLike, missing: str = "") -> dict:
+    """Read a JSON object; missing, malformed or non-object input is an InputError naming the file.
+
+    `missing` says how the file is normally made, appended to the not-found message."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not found" + (f" ({missing})" if missing else ""))
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return obj
+
+
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
     text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
     return atomic_write_text(path, text)

@@ -55,7 +55,7 @@ from model import GPT, load_checkpoint, save_checkpoint
 from model.heads import TaskHead, TaskModel
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, read_jsonl, resolve_device, stage_main
+from tasks.common import InputError, atomic_write_json, read_json, read_jsonl, resolve_device, stage_main
 from tasks.data import TASK_FIELDS as TASK_TYPES  # the data contract: task type -> text fields of a row
 
 INITS = ("pretrain", "scratch")
@@ -124,14 +124,7 @@ def label_key(v) -> str:
 def load_task(data_dir: str | Path, name: str) -> Task:
     folder = Path(data_dir) / "tasks" / name
     path = folder / "task.json"
-    if not path.is_file():
-        raise InputError(f"{path}: not found (task {name!r}; is it written by the data stage?)")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"{path}: not a JSON object")
+    spec = read_json(path, f"task {name!r}; is it written by the data stage?")
     kind = spec.get("type")
     if kind not in TASK_TYPES:
         raise InputError(f"{path}: unknown task type {kind!r} (expected one of {', '.join(TASK_TYPES)})")

@@ -11,13 +11,12 @@ same rows to the Prefect flow for a table artifact.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, stage_main
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json, stage_main
 from tasks.finetune import INITS, FinetuneConfig
 
 
@@ -25,13 +24,8 @@ def read_metrics(fc: FinetuneConfig) -> dict:
     merged = {}
     for task in fc.tasks:
         path = Path(fc.metrics_dir) / f"{task}.json"
-        if not path.is_file():
-            raise InputError(f"{path}: not found (run `python -m tasks.finetune finetune.task={task}` first)")
-        try:
-            m = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(m, dict) or not isinstance(m.get(task), dict):
+        m = read_json(path, f"run `python -m tasks.finetune finetune.task={task}` first")
+        if not isinstance(m.get(task), dict):
             raise InputError(f"{path}: expected {{{task!r}: {{init: {{lm<λ>: metrics}}}}}}")
         merged[task] = m[task]
     return merged

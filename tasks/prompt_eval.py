@@ -29,7 +29,6 @@ query. The model sees only that text: no special tokens, no new tokens, no weigh
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -45,7 +44,7 @@ from torch.nn import functional as F
 from model import GPT, KVCache, generate
 from model.tokenizer import SPECIALS, Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json, read_jsonl, resolve_device, stage_main
 
 KINDS = ("choice", "generate")
 TOO_LONG = ("error", "skip")
@@ -117,12 +116,7 @@ def load_task(data_dir: Path, name: str, spec: PromptTemplate) -> Task:
     """Read task.json and both splits; check the template against the task's fields and rows."""
     folder = data_dir / (spec.task or name)
     meta_path = folder / "task.json"
-    if not meta_path.is_file():
-        raise InputError(f"{meta_path}: not found (run the data stage, or drop {name} from prompt_eval.select)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = read_json(meta_path, f"run the data stage, or drop {name} from prompt_eval.select")
     kind, fields = meta.get("kind"), meta.get("fields")
     if kind not in KINDS:
         raise InputError(f"{meta_path}: kind={kind!r}, expected one of {', '.join(KINDS)}")

@@ -33,7 +33,7 @@ Noise: `rank` samples a Plackett-Luce ranking with utilities score/noise (Gumbel
 so noise is a temperature in score units: 0 sorts by score (ties by index); large noise
 is a random order. `DEFAULT_NOISE` is calibrated so that two independent labelers agree on
 about 73% of response pairs (InstructGPT's inter-labeler agreement) for the default RL
-prompts with responses from `instructions.sample_responses` (see docs/data.md).
+prompts with responses from `instructions.sample_responses` (see the README, "The oracle labeler").
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import re
 
 from tasks.world import lexicon as L
 
-DEFAULT_NOISE = 0.09  # calibrated: two labelers agree on ~73% of pairs (docs/data.md)
+DEFAULT_NOISE = 0.09  # calibrated: two labelers agree on ~73% of pairs (README, "The oracle labeler")
 WEIGHTS = {"clean_end": 1, "length": 1, "no_banned": 1, "not_repetitive": 1}
 KIND_WEIGHT = 2
 _PLACES, _COLOURS, _SIZES = set(L.PLACES), set(L.COLOURS), set(L.SIZES)
