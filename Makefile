@@ -50,6 +50,9 @@ mlflow-ui: setup
 bench: setup
 	$(PY) bench/bench_pretrain.py
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_prompt_eval.py
 
+# outputs and local state; params.yaml is committed (experiment=default), so it is restored, not removed
 clean:
-	rm -rf data models metrics mlruns mlflow.db params.yaml dvc.lock .prefect
+	rm -rf data models metrics mlruns mlflow.db dvc.lock .prefect
+	git checkout -- params.yaml 2>/dev/null || true

@@ -55,6 +55,14 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     assert sorted(c.data.tags["dvc.stage"] for c in children) == sorted(again)
     assert all(c.data.tags.get("dvc.skipped") == "true" for c in children)
 
+    # settings that cannot change a result (threads, progress) leave every stage up to date;
+    # a fine-tuning hyper-parameter makes the finetune stages stale, and nothing upstream
+    run_cmd([sys.executable, "-m", "tasks.config", "experiment=smoke", "finetune.threads=2", "finetune.progress=false"], cwd=project)
+    assert "up to date" in dvc(project, "status").stdout
+    run_cmd([sys.executable, "-m", "tasks.config", "experiment=smoke", "finetune.lr=0.001"], cwd=project)
+    status = dvc(project, "status").stdout
+    assert "finetune@sentiment:" in status and "pretrain:" not in status and "prompt_eval:" not in status
+
     # a pretrain param change makes pretrain (not its inputs) stale, and reruns it alone
     run_cmd([sys.executable, "-m", "tasks.config", "experiment=smoke", "pretrain.lr=0.002"], cwd=project)
     status = dvc(project, "status").stdout
