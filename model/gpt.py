@@ -90,8 +90,11 @@ def attention_mask_for(
 ) -> tuple[torch.Tensor | None, bool]:
     """(attn_mask, is_causal) for SDPA: queries are the T new tokens, keys the past + T tokens.
 
-    attn_mask is bool, True = may attend. Without padding we avoid building any mask.
+    attn_mask is bool, True = may attend. Without padding we avoid building any mask. A 4-D
+    attention_mask (B, 1, T, past + T) is already that mask and is used as given.
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.bool(), False
     if attention_mask is None and (past == 0 or T == 1):
         return None, past == 0 and T > 1  # plain causal, or one new token that may see every cached key
     if attention_mask is not None and T == 1:
@@ -202,18 +205,29 @@ class GPT(nn.Module):
         idx: (B, T) token ids, the new tokens only when `kv_cache` holds earlier ones.
         attention_mask: (B, past + T) of 1 = real token, 0 = (left) padding; padded keys are never attended.
             Right padding needs none (causal attention never looks right) and keeps the fast causal kernel.
+            Or (B, 1, T, past + T) of True = query t may attend key s: any pattern (e.g. several
+            continuations of one cached context side by side, each seeing only itself), with
+            explicit position_ids; the row may then be longer than block_size, its positions not.
         position_ids: (B, T) or (T,); by default counted from each row's first real token.
         """
         B, T = idx.size()
         past = kv_cache.pos if kv_cache is not None else 0
-        if past + T > self.config.block_size:
+        tree = attention_mask is not None and attention_mask.dim() == 4
+        if tree:
+            if position_ids is None:
+                raise ValueError("a 4-D attention_mask needs explicit position_ids")
+            if attention_mask.shape != (B, 1, T, past + T):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, 1, T, past + T)}")
+            if T and int(position_ids.max()) >= self.config.block_size:
+                raise ValueError(f"position {int(position_ids.max())} exceeds the model's block_size of {self.config.block_size}")
+        elif past + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {past + T} tokens exceeds the model's block_size of {self.config.block_size}"
             )
+        elif attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
         if kv_cache is not None and past + T > kv_cache.max_T:
             raise ValueError(f"KV cache holds {kv_cache.max_T} tokens, {past + T} needed")
-        if attention_mask is not None and attention_mask.shape != (B, past + T):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
         if position_ids is None:
             if attention_mask is None:
                 position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)

@@ -197,6 +197,30 @@ def test_prompt_text_and_loglikelihoods_match_transformers(world, tmp_path):
                     assert abs(score - ref) < 1e-4, (template, target, k, text, score, ref)
 
 
+def test_shared_context_scoring_equals_one_pass_per_choice_up_to_the_window():
+    """Choices side by side after one cached context score as [context + choice] alone would, also
+    when the context nearly fills the window and the choices together would not fit after it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    g = torch.Generator().manual_seed(1)
+    contexts, choices = [], []
+    for n_ctx, lens in [(5, [1, 3, 2]), (29, [4, 1, 3, 4]), (12, [1, 1]), (31, [1, 2]), (20, [6, 12])]:
+        contexts.append(torch.randint(1, 50, (n_ctx,), generator=g).tolist())
+        choices.append([torch.randint(1, 50, (m,), generator=g).tolist() for m in lens])
+    for batch_size in (1, 4, 64):
+        ours = score_choices(model, contexts, choices, batch_size)
+        for ctx, chs, scores in zip(contexts, choices, ours):
+            assert len(scores) == len(chs)
+            for c, score in zip(chs, scores):
+                ids = torch.tensor([ctx + c])
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(ids[:, :-1])[0].double(), -1)  # the last token predicts nothing
+                ref = sum(logp[t - 1, ids[0, t]].item() for t in range(len(ctx), ids.size(1)))
+                assert abs(score - ref) < 1e-4, (len(ctx), len(c), batch_size, score, ref)
+    with pytest.raises(ValueError, match="position_ids"):  # a 4-D mask must say where its tokens stand
+        model.hidden_states(torch.ones((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 1, 2, 2), dtype=torch.bool))
+
+
 # --- generation and exact match -------------------------------------------------------------------
 
 
