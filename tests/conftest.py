@@ -86,3 +86,36 @@ def pydoc_docs() -> list[str]:
     import pydoc_data.topics
 
     return [v for _, v in sorted(pydoc_data.topics.topics.items())]
+
+
+@pytest.fixture(scope="session")
+def instruct_data(tmp_path_factory) -> Path:
+    """The world's instruction files at smoke size and a tiny GPT with a BPE tokenizer, made once:
+    copy with `instruct_workspace`."""
+    import torch
+
+    from model import GPT, GPTConfig, save_checkpoint
+    from model.tokenizer import Tokenizer
+    from tasks import data
+    from tasks.common import read_jsonl
+    from tasks.config import compose
+
+    root = tmp_path_factory.mktemp("instruct")
+    data.run(compose(["experiment=smoke", "tracking.enabled=false", "data.corpus_mb=0.05", f"data.out_dir={root}/data/raw"]))
+    texts = [r["text"] for r in read_jsonl(root / "data/raw/corpus.jsonl")]
+    texts += [r["prompt"] + " " + r.get("response", "") for r in read_jsonl(root / "data/raw/instructions/sft_train.jsonl")]
+    tok = Tokenizer.train(texts, vocab_size=600)
+    tok.save(root / "tokenizer.json")
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=160, n_layer=2, n_head=2, n_embd=32))
+    save_checkpoint(root / "models/pretrain", gpt, {"stage": "pretrain"}, tokenizer_path=root / "tokenizer.json")
+    return root
+
+
+@pytest.fixture
+def instruct_workspace(instruct_data, tmp_path, monkeypatch) -> Path:
+    """cwd holding data/raw (smoke-size world) and models/pretrain (a tiny untrained GPT)."""
+    shutil.copytree(instruct_data / "data", tmp_path / "data")
+    shutil.copytree(instruct_data / "models", tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import random
 
 import pytest
@@ -153,3 +154,132 @@ def test_instruction_prompts_unique_across_files():
 def test_lexicon_words_are_single_tokens_for_the_oracle():
     for pool in (L.PLACES, L.COLOURS, L.SIZES, L.MOOD_NAMES, *L.CATEGORIES.values()):
         assert all(O.words(w) == [w] for w in pool)
+
+
+# ---- instruction prompts at RLHF scale
+
+BIG = {"sft_train": 1500, "sft_val": 150, "rl_prompts": 20_000, "rl_eval": 200}  # the defaults, 20k RL prompts
+
+
+@pytest.fixture(scope="module")
+def big_instructions():
+    world = W.build(11, 0, task_sizes={"train": 4, "val": 4, "test": 4}, prompt_sizes=(1, 1), instruction_sizes=BIG)
+    return world.instructions
+
+
+class _EveryChoice:
+    """A stand-in for random.Random that replays one path of choices (branch indices), recording
+    how many options each choice had, so `_prompt_space` can walk every path."""
+
+    def __init__(self, path: list[int]):
+        self.path, self.widths = path, []
+
+    def _pick(self, n: int) -> int:
+        k = self.path[len(self.widths)] if len(self.widths) < len(self.path) else 0
+        self.widths.append(n)
+        return k
+
+    def choice(self, seq):
+        return seq[self._pick(len(seq))]
+
+    def randint(self, a: int, b: int) -> int:
+        return a + self._pick(b - a + 1)
+
+    def random(self) -> float:  # a low and a high draw: both sides of any `random() < p`
+        return (0.0, 0.999)[self._pick(2)]
+
+
+def _prompt_space(kind: str) -> set[str]:
+    """Every prompt `instruction(kind, ...)` can make (depth-first over all its choices)."""
+    prompts, todo = set(), [[]]
+    while todo:
+        path = todo.pop()
+        rng = _EveryChoice(path)
+        prompts.add(I.instruction(kind, rng)[0])
+        todo += [path + [0] * (pos - len(path)) + [k]
+                 for pos in range(len(path), len(rng.widths)) for k in range(1, rng.widths[pos])]
+    return prompts
+
+
+def test_prompt_spaces_leave_room_for_20k_rl_prompts():
+    need = I.allocate(sum(BIG.values()), I.WEIGHTS)  # prompts of each kind over all four splits
+    for kind in ("mood_sentence", "list", "describe", "opposite"):  # stories: a new story is a new prompt
+        n = len(_prompt_space(kind))
+        print(f"{kind}: {n} distinct prompts, {need[kind]} needed")
+        assert n >= 5 * need[kind], (kind, n, need[kind])
+
+
+def test_20k_rl_prompts_beside_the_default_splits(big_instructions):
+    keys = {}
+    for split, rows in big_instructions.items():
+        assert len(rows) == BIG[split]
+        shares = {k: sum(r["kind"] == k for r in rows) / len(rows) for k in I.KINDS}
+        assert all(abs(shares[k] - I.WEIGHTS[k]) <= 0.01 for k in I.KINDS), (split, shares)
+        keys[split] = {r["prompt"] for r in rows} | {r["meta"]["story"] for r in rows if "story" in r["meta"]}
+        n_stories = sum("story" in r["meta"] for r in rows)
+        assert len(keys[split]) == len(rows) + n_stories  # no prompt or story twice within a split
+    splits = sorted(keys)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            assert not keys[a] & keys[b], (a, b)
+
+
+def test_new_prompts_score_their_demonstration_one_and_every_defect_less(big_instructions):
+    rng = random.Random(0)
+    rows = big_instructions["rl_prompts"]
+    for kind in I.KINDS:
+        sample = [r for r in rows if r["kind"] == kind][:150]
+        assert len(sample) == 150
+        for r in sample:
+            good = I.demonstration(kind, r["meta"], rng)
+            assert O.score(r, good) == 1.0, (r["prompt"], good, O.checks(r, good))
+            for defect in I.DEFECTS[kind]:
+                bad = I.corrupt(kind, r["meta"], defect, rng)
+                assert O.score(r, bad) < 1.0, (r["prompt"], defect, bad)
+
+
+def _penalised(kind: str, meta: dict) -> set[str]:
+    """Words the rubric counts against a response of this instruction (beside BANNED)."""
+    if kind == "mood_sentence":
+        return L.polarity_words(-L.MOODS[meta["mood"]]["pol"])
+    if kind in ("story_where", "story_colour"):
+        p = meta["facts"][meta["person"]]
+        return (set(L.PLACES) | set(L.COLOURS)) - {p["place"], p["colour"]}
+    if kind == "list":  # every member of every category, but the excluded one
+        return {f for c, ws in L.CATEGORIES.items() for w in ws if w != meta["exclude"] for f in (w, L.plural(w))}
+    if kind == "describe":
+        return (set(L.COLOURS) - {meta["colour"]}) | (set(L.SIZES) - {meta["size"]})
+    return set(L.OPPOSITE) - {meta["word"], meta["answer"]}
+
+
+def test_prompts_state_what_the_rubric_checks(big_instructions):
+    """Each prompt names what is asked, states only the meta's word limit, and holds no word that a
+    response copying it would be marked down for."""
+    meta_keys = {"mood_sentence": {"mood", "subject", "subject_words", "word_limit"},
+                 "story_where": {"story", "person", "answer", "facts", "word_limit"},
+                 "story_colour": {"story", "person", "object", "answer", "facts", "word_limit"},
+                 "list": {"category", "n", "exclude", "word_limit"},
+                 "describe": {"subject", "subject_words", "size", "colour", "object", "word_limit"},
+                 "opposite": {"word", "answer", "word_limit"}}
+    for r in (r for rows in big_instructions.values() for r in rows):
+        kind, meta = r["kind"], r["meta"]
+        assert set(meta) == meta_keys[kind], (kind, sorted(meta))
+        text = r["prompt"].replace(meta.get("story", "\0"), " ")
+        toks = set(O.words(text))
+        assert not toks & (_penalised(kind, meta) | set(L.BANNED)), (r["prompt"], toks & _penalised(kind, meta))
+        for m in re.finditer(r"(at most|no more than|under|fewer than) (\d+) words", text):
+            most = int(m[2]) - (m[1] in ("under", "fewer than"))
+            assert most == meta["word_limit"], r["prompt"]
+        if kind == "mood_sentence":
+            assert meta["mood"] in toks and meta["subject"] in text
+        elif kind == "story_where":
+            assert f"Where is {meta['person']}?" in text
+        elif kind == "story_colour":
+            assert f"What colour is {meta['person']}'s {meta['object']}?" in text
+        elif kind == "list":
+            assert f"{L.NUMBER_WORDS[meta['n']]} " in text and meta["category"] in toks
+            assert not meta["exclude"] or I.member_text(meta["category"], meta["exclude"], many=True) in text
+        elif kind == "describe":
+            assert meta["subject"] in text and re.search(r"(at most|no more than|under|fewer than) \d+ words", text)
+        else:
+            assert "opposite" in toks and meta["word"] in toks

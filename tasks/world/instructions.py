@@ -15,6 +15,11 @@ Kinds and their `meta` (everything the oracle reads; `word_limit` is the most wo
 - `opposite` "What is the opposite of 'hot'? Answer in one sentence."
   meta: word, answer, word_limit
 
+The examples are one phrasing each: every kind has a dozen or so asks, most followed by one of a
+few closing lines (`MOOD_ASKS`, `MOOD_ENDS`, ...), so that enough distinct prompts exist for RLHF
+at scale: about 114k mood_sentence, 196k list, 34k describe and 14k opposite prompts (stories:
+unbounded), room for well over 20,000 RL prompts beside the other splits in WEIGHTS' shares.
+
 `sample_responses` draws a realistic mix for an instruction, as a policy in training would:
 correct answers in other words, and answers with one or two defects of the kinds the oracle
 checks (`DEFECTS`). Tests and the oracle's noise calibration use it.
@@ -28,7 +33,7 @@ from tasks.world import lexicon as L
 from tasks.world import stories as S
 
 KINDS = ("mood_sentence", "story_where", "story_colour", "list", "describe", "opposite")
-# Share of each kind in every instruction file; list and opposite have the smallest prompt spaces.
+# Share of each kind in every instruction file.
 WEIGHTS = {"mood_sentence": 0.25, "story_where": 0.2, "story_colour": 0.15, "list": 0.1,
            "describe": 0.25, "opposite": 0.05}
 GENERIC_DEFECTS = ("too_long", "no_clean_end", "banned_word", "repetitive")
@@ -53,14 +58,69 @@ def join_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+# Prompt phrasings: an ask, then (mostly) a closing line; `instruction` fills in the fields. Every
+# phrasing asks for what the rubric checks, states only limits equal to the meta's `word_limit`
+# ({limit}: the most words, {over}: one more), and holds no word the rubric would count against
+# a response that copied it (another mood, colour, size, category member or antonym-list word).
+MOOD_ASKS = (
+    "Write {a_mood} sentence about {s}.", "Write one sentence about {s} that sounds {mood}.",
+    "Give me {a_mood} sentence about {s}.", "Make up {a_mood} sentence about {s}.",
+    "Write one {mood} sentence that mentions {s}.", "Write a sentence about {s} in {a_mood} tone.",
+    "Compose {a_mood} sentence about {s}.", "Using {s}, write {a_mood} sentence.",
+    "Mention {s} in {a_mood} sentence.", "Write {a_mood} sentence. It should mention {s}.",
+    "I need {a_mood} sentence about {s}.", "Create {a_mood} sentence about {s}.",
+    "Write a sentence about {s} that feels {mood}.",
+)
+MOOD_ENDS = ("", " Use at most {limit} words.", " Keep it under {over} words.", " Use no more than {limit} words.",
+             " One sentence is enough.")
+STORY_ASKS = ("Read the story and answer the question.\n\nStory: {story}\n\nQuestion: {q}",
+              "{story}\n\n{q} Answer in one sentence.")
+LIST_ASKS = ("List {what}.", "Name {what}.", "Write down {what}.", "Give me {what}.", "Tell me {what}.",
+             "Can you name {what}?", "Please list {what}.", "Write a list of {what}.",
+             "Think of {what} and list them.", "Make a list of {what}.")
+LIST_GROUPS = ("{n} {cat}", "{n} different {cat}")
+LIST_EXCLUDES = (" other than {x}", " except {x}", " but not {x}", " apart from {x}", " besides {x}",
+                 " that are not {x}")
+LIST_ENDS = ("", " Answer in one sentence.", " Use at most {limit} words.", " Keep it under {over} words.",
+             " Write them in one sentence.")
+DESCRIBE_ASKS = (
+    "Describe {s} in under {n} words.", "In fewer than {n} words, describe {s}.",
+    "Write a short description (under {n} words) of {s}.", "Describe {s} in fewer than {n} words.",
+    "Describe {s} using fewer than {n} words.", "Write a description of {s} in under {n} words.",
+    "Give a description of {s} in fewer than {n} words.", "Using fewer than {n} words, describe {s}.",
+    "Describe {s} in at most {limit} words.", "In at most {limit} words, describe {s}.",
+    "Briefly describe {s} (fewer than {n} words).", "Describe {s}. Use fewer than {n} words.",
+    "Describe {s} in no more than {limit} words.",
+)
+OPPOSITE_ASKS = (
+    "What is the opposite of {w}?", "Give the opposite of the word {w}.", "Tell me the opposite of {w}.",
+    "What word is the opposite of {w}?", "Which word means the opposite of {w}?", "Name the opposite of {w}.",
+    "Give me a word that means the opposite of {w}.", "Find the opposite of the word {w}.",
+    "Say what the opposite of {w} is.", "What is the opposite of the word {w}?",
+    "Which word is the opposite of {w}?", "What word means the opposite of {w}?",
+    "Can you tell me the opposite of {w}?",
+)
+OPPOSITE_QUOTES = ("'{}'", '"{}"', "{}")
+OPPOSITE_ENDS = ("", " Answer in one sentence.", " Answer with a sentence.", " Reply in one sentence.",
+                 " Answer in a complete sentence.", " Use at most {limit} words.", " Keep it under {over} words.")
+
+
+def _limits(meta: dict) -> dict[str, int]:
+    return {"limit": meta["word_limit"], "over": meta["word_limit"] + 1}
+
+
+def _phrase(rng: random.Random, fields: dict, *options: tuple[str, ...]) -> str:
+    """One phrasing from each of `options` in turn, joined and filled in with `fields`."""
+    return "".join(rng.choice(o) for o in options).format(**fields)
+
+
 def instruction(kind: str, rng: random.Random) -> tuple[str, dict]:
     """A new prompt of `kind`. -> (prompt, meta)."""
     if kind == "mood_sentence":
         mood, c, o = rng.choice(L.MOOD_NAMES), rng.choice(L.COLOURS), rng.choice(L.OBJECTS)
-        s = f"the {c} {o}"
-        prompt = rng.choice((f"Write a {mood} sentence about {s}.", f"Write one sentence about {s} that sounds {mood}.",
-                             f"Give me a {mood} sentence about {s}."))
-        return prompt, {"mood": mood, "subject": s, "subject_words": [c, o], "word_limit": 20}
+        meta = {"mood": mood, "subject": f"the {c} {o}", "subject_words": [c, o], "word_limit": 20}
+        fields = {"mood": mood, "a_mood": L.a(mood), "s": meta["subject"], **_limits(meta)}
+        return _phrase(rng, fields, MOOD_ASKS, MOOD_ENDS), meta
     if kind in ("story_where", "story_colour"):
         scene = S.make_scene(rng, rng.choice((1, 2, 3)))
         p = rng.choice(scene.people)
@@ -70,29 +130,25 @@ def instruction(kind: str, rng: random.Random) -> tuple[str, dict]:
             q, meta["answer"] = f"Where is {p.name}?", f"the {p.place}"
         else:
             q, meta["answer"], meta["object"] = f"What colour is {p.name}'s {p.obj}?", p.colour, p.obj
-        prompt = rng.choice((f"Read the story and answer the question.\n\nStory: {story}\n\nQuestion: {q}",
-                             f"{story}\n\n{q} Answer in one sentence."))
-        return prompt, meta
+        return rng.choice(STORY_ASKS).format(story=story, q=q), meta
     if kind == "list":
         cat, n = rng.choice(sorted(L.CATEGORIES)), rng.randint(2, 5)
         exclude = rng.choice(L.CATEGORIES[cat]) if rng.random() < 0.8 else ""
-        what = f"{L.NUMBER_WORDS[n]} {cat}" + (f" other than {member_text(cat, exclude, many=True)}" if exclude else "")
-        prompt = rng.choice((f"List {what}.", f"Name {what}.", f"Write down {what}.", f"Give me {what}."))
-        return prompt, {"category": cat, "n": n, "exclude": exclude, "word_limit": 25}
+        meta = {"category": cat, "n": n, "exclude": exclude, "word_limit": 25}
+        fields = {"n": L.NUMBER_WORDS[n], "cat": cat, "x": member_text(cat, exclude, many=True), **_limits(meta)}
+        fields["what"] = _phrase(rng, fields, LIST_GROUPS, LIST_EXCLUDES if exclude else ("",))
+        return _phrase(rng, fields, LIST_ASKS, LIST_ENDS), meta
     if kind == "describe":
         size, c, o, n = rng.choice(L.SIZES), rng.choice(L.COLOURS), rng.choice(L.OBJECTS), rng.choice((10, 12, 15))
         s = f"the {size} {c} {o}"
-        prompt = rng.choice((f"Describe {s} in under {n} words.", f"In fewer than {n} words, describe {s}.",
-                             f"Write a short description (under {n} words) of {s}."))
-        return prompt, {"subject": s, "subject_words": [size, c, o], "size": size, "colour": c, "object": o,
-                        "word_limit": n - 1}
+        meta = {"subject": s, "subject_words": [size, c, o], "size": size, "colour": c, "object": o,
+                "word_limit": n - 1}  # "under n words": at most n - 1
+        return _phrase(rng, {"s": s, "n": n, **_limits(meta)}, DESCRIBE_ASKS), meta
     if kind == "opposite":
         w = rng.choice(L.ANTONYM_WORDS)
-        prompt = rng.choice((f"What is the opposite of '{w}'? Answer in one sentence.",
-                             f"Give the opposite of the word '{w}' in a full sentence.",
-                             f"Tell me the opposite of '{w}'.", f"What word is the opposite of '{w}'?",
-                             f"Which word means the opposite of '{w}'? Answer with a sentence."))
-        return prompt, {"word": w, "answer": L.OPPOSITE[w], "word_limit": 12}
+        meta = {"word": w, "answer": L.OPPOSITE[w], "word_limit": 12}
+        fields = {"w": rng.choice(OPPOSITE_QUOTES).format(w), **_limits(meta)}
+        return _phrase(rng, fields, OPPOSITE_ASKS, OPPOSITE_ENDS), meta
     raise KeyError(kind)
 
 

@@ -1,0 +1,346 @@
+"""sft stage: InstructGPT step 1 (Ouyang et al. 2022 §3.5), supervised fine-tuning on demonstrations.
+
+    python -m tasks.sft                                   # conf/ defaults: models/pretrain -> models/sft
+    python -m tasks.sft experiment=smoke sft.epochs=1     # tiny CPU run, seconds
+    python -m tasks.sft sft.resume=true                   # continue a killed run from models/sft
+
+Each demonstration is `prompt\\nAnswer: response<|endoftext|>` (the format of `model/instruct.py`,
+used by every later stage); the loss is the next-token cross-entropy on the response tokens
+and the EOS only (prompt tokens are masked), so the model learns to answer and to stop. A
+prompt too long for the window is cut from the left (its question stays); rows are counted.
+
+The paper's recipe scaled down: several epochs over the demonstrations (16 in the paper, with
+a cosine decay; it chose the final model by reward-model score, we keep the last epoch), AdamW,
+linear warm-up then cosine decay, optional dropout (the paper used 0.2), gradient clipping.
+Batches are a pure function of (seed, epoch, step), and the checkpoint's `trainer.pt` holds the
+optimizer, RNG and history, so a killed run resumed with `resume=true` ends with the same losses.
+
+Evaluation (what SFT adds): greedy responses to the held-out `rl_eval` prompts scored by the
+world's oracle (`tasks.world.oracle.score`), mean and by kind, with the EOS rate, for
+- `sft`: the fine-tuned model;
+- `pretrain_zero_shot`: the pre-trained model given the same format;
+- `pretrain_few_shot`: the pre-trained model given up to `few_shot_k` demonstrations of the same
+  kind from sft_train first (each ending in <|endoftext|>, the corpus's document separator), as
+  many as fit the window: the paper's "GPT-3 prompted" baseline.
+Writes `out_dir` (checkpoint), `metrics_file`, `curve_file` and `samples_file` (a table of
+prompt, responses and scores, also an MLflow table).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from model import load_checkpoint, save_checkpoint
+from model.instruct import encode_example, encode_prompt, encode_response, pad_right, respond, response_targets
+from model.tokenizer import Tokenizer, TokenizerError
+from tasks import tracking
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
+from tasks.world.oracle import score as oracle_score
+
+
+@dataclass
+class SFTConfig:
+    init: str = "models/pretrain"  # checkpoint folder to fine-tune (with its tokenizer.json)
+    data_dir: str = "data/raw/instructions"  # sft_train.jsonl, sft_val.jsonl, rl_eval.jsonl
+    out_dir: str = "models/sft"  # checkpoint folder
+    metrics_file: str = "metrics/sft.json"  # losses and oracle scores (DVC metrics)
+    curve_file: str = "metrics/sft_curve.csv"  # step,train_loss,val_loss (DVC plot)
+    samples_file: str = "metrics/sft_samples.csv"  # rl_eval prompts with each model's response and score
+    epochs: int = 4  # passes over sft_train
+    batch_size: int = 16  # demonstrations per optimizer step
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # end of the cosine decay
+    warmup_steps: int = 20  # linear warm-up, steps
+    weight_decay: float = 0.0  # AdamW decay on matmul weights
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    dropout: float = 0.0  # model dropout while fine-tuning (the paper: 0.2); the saved model has 0
+    max_train_rows: int = -1  # use the first N demonstrations; -1 = all
+    eval_every: int = 100  # steps between validation losses; 0 = only at the end
+    ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
+    resume: bool = False  # continue from the checkpoint in out_dir
+    eval_prompts: int = -1  # rl_eval prompts scored by the oracle; -1 = all
+    max_new_tokens: int = 40  # response budget when generating (tokens)
+    eval_batch_size: int = 64  # prompts per generation batch
+    baselines: bool = True  # also score the pre-trained model zero- and few-shot
+    few_shot_k: int = 3  # demonstrations in context for the few-shot baseline (as many as fit)
+    n_samples: int = 24  # rows of the samples table
+    log_every: int = 10  # steps between metric logs
+    progress: bool = True  # a line per log interval on stderr
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    seed: int = 1337  # batch order and dropout
+
+
+def lr_at(step: int, total: int, sc: SFTConfig) -> float:
+    if step < sc.warmup_steps:
+        return sc.lr * (step + 1) / sc.warmup_steps
+    progress = (step - sc.warmup_steps) / max(1, total - sc.warmup_steps)
+    return sc.min_lr + 0.5 * (sc.lr - sc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def strict_tokenizer(folder: Path) -> Tokenizer:
+    """Like `load_tokenizer` but a tokenizer lacking EOS is refused outright (not patched)."""
+    path = folder / "tokenizer.json"
+    try:
+        return Tokenizer.load(path)
+    except TokenizerError as e:
+        raise InputError(f"{e} (an instruction-following model needs <|endoftext|> to learn to stop)") from None
+
+
+def read_demos(path: Path, limit: int = -1) -> list[dict]:
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, start=1):
+        for k in ("prompt", "response"):
+            if not isinstance(r.get(k), str) or not r[k].strip():
+                raise InputError(f"{path}: row {i} has no '{k}' text")
+    return rows[:limit] if limit >= 0 else rows
+
+
+def encode_demos(rows: list[dict], tok: Tokenizer, block: int, where: Path) -> tuple[list[tuple[list[int], int]], dict]:
+    """[(ids, n_prompt)] of the demonstrations that fit, and counts {rows, cut, skipped, max_tokens}."""
+    out, cut, skipped, longest = [], 0, 0, 0
+    for r in rows:
+        enc = encode_example(tok, r["prompt"], r["response"], block)
+        full = len(encode_prompt(tok, r["prompt"])[0]) + len(encode_response(tok, r["response"]))
+        longest = max(longest, full)
+        if enc is None:
+            skipped += 1
+            continue
+        ids, n_prompt, was_cut = enc
+        cut += was_cut
+        out.append((ids, n_prompt))
+    if not out:
+        raise InputError(f"{where}: no demonstration fits the {block}-token window")
+    return out, {"rows": len(rows), "cut": cut, "skipped": skipped, "max_tokens": longest}
+
+
+def batch_tensors(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, lengths = pad_right([e[0] for e in examples], pad_id)
+    n_prompt = torch.tensor([e[1] for e in examples])
+    return ids, response_targets(ids, lengths, n_prompt)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+@torch.no_grad()
+def val_loss(model, examples, pad_id: int, device: str, batch_size: int = 64) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for b in range(0, len(examples), batch_size):
+        x, y = batch_tensors(examples[b : b + batch_size], pad_id)
+        logits = model(x.to(device))
+        n = int((y != -100).sum())
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100, reduction="sum")
+        total, count = total + float(loss), count + n
+    return total / max(count, 1)
+
+
+def few_shot_context(tok: Tokenizer, prompt: str, kind: str, pool: dict[str, list[dict]], k: int, budget: int,
+                     rng: random.Random) -> tuple[list[int], int]:
+    """Up to k demonstrations of `kind` (each ending in EOS) then the prompt, within `budget` tokens."""
+    query = encode_prompt(tok, prompt)[0]
+    shots, n = [], 0
+    for d in rng.sample(pool.get(kind, []), min(len(pool.get(kind, [])), 4 * k)):
+        if n == k:
+            break
+        demo = encode_prompt(tok, d["prompt"])[0] + encode_response(tok, d["response"])
+        if sum(map(len, shots)) + len(demo) + len(query) <= budget:
+            shots.append(demo)
+            n += 1
+    return [t for s in shots for t in s] + query, n
+
+
+def score_responses(rows: list[dict], responses: list[dict]) -> dict:
+    """{mean, perfect, eos_rate, n, by_kind: {kind: {mean, perfect, eos_rate, n}}} of oracle scores."""
+    groups = defaultdict(list)
+    for r, resp in zip(rows, responses):
+        s = oracle_score(r, resp["text"])
+        resp["score"] = s
+        groups[r["kind"]].append((s, resp["eos"]))
+
+    def summary(items):
+        return {"mean": sum(s for s, _ in items) / len(items), "perfect": sum(s == 1.0 for s, _ in items) / len(items),
+                "eos_rate": sum(e for _, e in items) / len(items), "n": len(items)}
+
+    out = summary([x for items in groups.values() for x in items])
+    out["by_kind"] = {k: summary(v) for k, v in sorted(groups.items())}
+    return out
+
+
+def oracle_eval(model, tok: Tokenizer, rows: list[dict], sc: SFTConfig, contexts: list[list[int]] | None = None) -> tuple[dict, list[dict]]:
+    """Greedy responses to `rows` (or to ready `contexts`), scored by the oracle."""
+    responses = respond(model, tok, contexts if contexts is not None else [r["prompt"] for r in rows],
+                        sc.max_new_tokens, temperature=0.0, batch_size=sc.eval_batch_size)
+    summary = score_responses(rows, responses)
+    summary["prompts_cut"] = sum(r["cut"] for r in responses)
+    return summary, responses
+
+
+def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]:
+    init = Path(sc.init)
+    out_dir = Path(sc.out_dir)
+    data = Path(sc.data_dir)
+    resume = sc.resume and (out_dir / "trainer.pt").is_file()
+    ckpt = load_checkpoint(out_dir if resume else init, device=device, load_trainer=resume)
+    tok_dir = out_dir if resume else init
+    tok = strict_tokenizer(tok_dir)
+    model = ckpt.model
+    if model.config.vocab_size < tok.vocab_size:
+        raise InputError(f"{init}: model vocabulary {model.config.vocab_size} is smaller than its tokenizer's {tok.vocab_size}")
+    for m in model.modules():  # the dropout option; saved checkpoints run with dropout off (config keeps 0)
+        if isinstance(m, torch.nn.Dropout):
+            m.p = sc.dropout
+    for blk in model.transformer.h:
+        blk.attn.dropout = sc.dropout
+    block = model.config.block_size
+    train_rows = read_demos(data / "sft_train.jsonl", sc.max_train_rows)
+    val_rows = read_demos(data / "sft_val.jsonl")
+    train_ex, train_counts = encode_demos(train_rows, tok, block, data / "sft_train.jsonl")
+    val_ex, val_counts = encode_demos(val_rows, tok, block, data / "sft_val.jsonl")
+    steps_per_epoch = math.ceil(len(train_ex) / sc.batch_size)
+    total = sc.epochs * steps_per_epoch
+    opt = model.configure_optimizers(sc.weight_decay, sc.lr, (0.9, 0.95), "cuda" if device.startswith("cuda") else "cpu")
+    step, history = 0, []
+    if resume:
+        st = ckpt.trainer_state
+        opt.load_state_dict(st["optimizer"])
+        step, history = int(st["step"]), list(st["history"])
+        torch.set_rng_state(st["rng_cpu"])
+    else:
+        torch.manual_seed(sc.seed)
+
+    def save(metrics: dict) -> None:
+        meta = {"stage": "sft", "step": step, "metrics": metrics, "init": str(init), "format": "prompt\\nAnswer: response<|endoftext|>",
+                "config": OmegaConf.to_container(cfg, resolve=True)}
+        state = {"optimizer": opt.state_dict(), "step": step, "history": history, "rng_cpu": torch.get_rng_state()}
+        save_checkpoint(out_dir, model, meta, tokenizer_path=tok_dir / "tokenizer.json", trainer_state=state)
+
+    last_val = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
+    t0 = time.perf_counter()
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = epoch_order(sc.seed, epoch, len(train_ex))
+        batch = [train_ex[j] for j in order[i * sc.batch_size : (i + 1) * sc.batch_size]]
+        x, y = batch_tensors(batch, tok.pad_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, sc)
+        model.train()
+        _, loss = model(x.to(device), y.to(device))
+        if not math.isfinite(loss.item()):
+            raise InputError(f"sft: non-finite loss at step {step + 1}; last good checkpoint kept in {out_dir}")
+        loss.backward()
+        if sc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        rec = {"step": step, "train_loss": loss.item()}
+        if (sc.eval_every and step % sc.eval_every == 0) or step == total:
+            last_val = rec["val_loss"] = val_loss(model, val_ex, tok.pad_id, device)
+        if step % max(1, sc.log_every) == 0 or "val_loss" in rec:
+            history.append(rec)
+            tracking.log_metrics({"train/loss": rec["train_loss"], "train/lr": lr_at(step - 1, total, sc),
+                                  **({"val/loss": rec["val_loss"]} if "val_loss" in rec else {})}, step=step)
+            if sc.progress:
+                val = f" val {rec['val_loss']:.4f}" if "val_loss" in rec else ""
+                print(f"sft step {step}/{total} loss {rec['train_loss']:.4f}{val} ({time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr, flush=True)
+        if sc.ckpt_every and step % sc.ckpt_every == 0 and step < total:
+            save({"train_loss": rec["train_loss"], "val_loss": last_val})
+    if last_val is None:
+        last_val = val_loss(model, val_ex, tok.pad_id, device)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for blk in model.transformer.h:
+        blk.attn.dropout = 0.0
+    metrics = {"train_loss": history[-1]["train_loss"] if history else float("nan"), "val_loss": last_val,
+               "step": step, "epochs": sc.epochs, "train_seconds": time.perf_counter() - t0,
+               "examples": {"train": train_counts, "val": val_counts}}
+    save({k: v for k, v in metrics.items() if k != "examples"})
+    return metrics, history, tok
+
+
+def evaluate(sc: SFTConfig, model, tok: Tokenizer, device: str, seed: int) -> tuple[dict, list[dict]]:
+    """Oracle scores on rl_eval for SFT and (optionally) the pre-trained baselines, and the samples table."""
+    data = Path(sc.data_dir)
+    rows = read_jsonl(data / "rl_eval.jsonl")
+    rows = rows[: sc.eval_prompts] if sc.eval_prompts >= 0 else rows
+    scores, samples = {}, {}
+    scores["sft"], samples["sft"] = oracle_eval(model, tok, rows, sc)
+    if sc.baselines:
+        base = load_checkpoint(sc.init, device=device).model
+        scores["pretrain_zero_shot"], samples["pretrain_zero_shot"] = oracle_eval(base, tok, rows, sc)
+        pool = defaultdict(list)
+        for d in read_demos(data / "sft_train.jsonl"):
+            pool[d["kind"]].append(d)
+        rng = random.Random(seed)
+        budget = base.config.block_size - min(sc.max_new_tokens, 24)
+        ctx = [few_shot_context(tok, r["prompt"], r["kind"], pool, sc.few_shot_k, budget, rng) for r in rows]
+        scores["pretrain_few_shot"], samples["pretrain_few_shot"] = oracle_eval(base, tok, rows, sc, [c for c, _ in ctx])
+        scores["pretrain_few_shot"]["shots_mean"] = sum(n for _, n in ctx) / max(1, len(ctx))
+    table = []
+    for i, r in enumerate(rows[: sc.n_samples]):
+        row = {"id": r["id"], "kind": r["kind"], "prompt": r["prompt"]}
+        for name, resp in samples.items():
+            row[name] = resp[i]["text"]
+            row[f"{name}_score"] = resp[i]["score"]
+        table.append(row)
+    return scores, table
+
+
+def write_curve(path: Path, history: list[dict]) -> None:
+    lines = ["step,train_loss,val_loss"]
+    for h in history:
+        val = h.get("val_loss")
+        lines.append(f"{h['step']},{h['train_loss']!r},{'' if val is None else repr(val)}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def run(cfg) -> dict:
+    sc: SFTConfig = OmegaConf.to_object(cfg.sft)
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if sc.threads > 0:
+        torch.set_num_threads(sc.threads)
+    try:
+        with tracking.stage_run(cfg, "sft", sections=["sft", "seed"]):
+            metrics, history, tok = train(cfg, sc, device)
+            model = load_checkpoint(sc.out_dir, device=device).model
+            t0 = time.perf_counter()
+            metrics["oracle_score"], table = evaluate(sc, model, tok, device, sc.seed)
+            metrics["eval_seconds"] = time.perf_counter() - t0
+            import pandas as pd
+
+            df = pd.DataFrame(table)
+            Path(sc.samples_file).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(sc.samples_file, df.to_csv(index=False))
+            atomic_write_json(sc.metrics_file, metrics)
+            write_curve(Path(sc.curve_file), history)
+            tracking.log_metrics({f"final/{k}": v for k, v in tracking.flatten(metrics).items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.log_table(df, artifact_file="samples.json")
+            if cfg.tracking.log_checkpoints:
+                tracking.log_checkpoint(sc.out_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main(run)
