@@ -155,3 +155,14 @@ def stage_main(run: Callable[[Any], dict], argv: list[str] | None = None) -> Non
         sys.exit(130)
     if metrics:
         print(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+def markdown_table(rows: list[dict], caption: str = "", digits: int = 3) -> str:
+    """A GitHub markdown table of `rows` (same keys each); floats to `digits`, None as '–'."""
+    keys = list(rows[0])
+    lines = [caption, ""] if caption else []
+    lines += ["| " + " | ".join(keys) + " |", "|" + "|".join(["---"] + ["---:"] * (len(keys) - 1)) + "|"]
+    for r in rows:
+        cells = ["–" if r[k] is None else f"{r[k]:.{digits}f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -43,7 +43,8 @@ from model import load_checkpoint, save_checkpoint
 from model.instruct import encode_example, encode_prompt, encode_response, pad_right, respond, response_targets
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
+from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device,
+                          stage_main)
 from tasks.world.oracle import score as oracle_score
 
 
@@ -55,10 +56,11 @@ class SFTConfig:
     metrics_file: str = "metrics/sft.json"  # losses and oracle scores (DVC metrics)
     curve_file: str = "metrics/sft_curve.csv"  # step,train_loss,val_loss (DVC plot)
     samples_file: str = "metrics/sft_samples.csv"  # rl_eval prompts with each model's response and score
-    epochs: int = 4  # passes over sft_train
+    table_file: str = "metrics/sft_table.md"  # oracle score by kind: pre-trained zero/few-shot vs SFT
+    epochs: int = 8  # passes over sft_train
     batch_size: int = 16  # demonstrations per optimizer step
-    lr: float = 3e-4  # peak learning rate
-    min_lr: float = 3e-5  # end of the cosine decay
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # end of the cosine decay
     warmup_steps: int = 20  # linear warm-up, steps
     weight_decay: float = 0.0  # AdamW decay on matmul weights
     grad_clip: float = 1.0  # max global grad norm; 0 = off
@@ -301,6 +303,23 @@ def evaluate(sc: SFTConfig, model, tok: Tokenizer, device: str, seed: int) -> tu
     return scores, table
 
 
+POLICIES = {"pretrain_zero_shot": "pre-trained, zero-shot", "pretrain_few_shot": "pre-trained, few-shot", "sft": "SFT"}
+
+
+def table_rows(scores: dict) -> list[dict]:
+    """One row per instruction kind and an 'all' row: mean oracle score of each policy, and
+    SFT's share of perfect responses and EOS rate."""
+    names = [n for n in POLICIES if n in scores]
+    rows = []
+    for kind in [*scores["sft"]["by_kind"], "all"]:
+        of = {n: (scores[n] if kind == "all" else scores[n]["by_kind"].get(kind, {})) for n in names}
+        row = {"kind": f"**{kind}**" if kind == "all" else kind, "n": of["sft"].get("n")}
+        row.update({POLICIES[n]: of[n].get("mean") for n in names})
+        row.update({"SFT perfect": of["sft"].get("perfect"), "SFT EOS rate": of["sft"].get("eos_rate")})
+        rows.append(row)
+    return rows
+
+
 def write_curve(path: Path, history: list[dict]) -> None:
     lines = ["step,train_loss,val_loss"]
     for h in history:
@@ -328,6 +347,9 @@ def run(cfg) -> dict:
             Path(sc.samples_file).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(sc.samples_file, df.to_csv(index=False))
             atomic_write_json(sc.metrics_file, metrics)
+            atomic_write_text(sc.table_file, markdown_table(
+                table_rows(metrics["oracle_score"]),
+                "Mean oracle score (0-1) of greedy responses to the held-out rl_eval prompts, by instruction kind."))
             write_curve(Path(sc.curve_file), history)
             tracking.log_metrics({f"final/{k}": v for k, v in tracking.flatten(metrics).items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)})

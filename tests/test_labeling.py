@@ -396,6 +396,22 @@ def test_label_flow_on_a_real_server(tmp_path):
         assert sorted(r["id"] for r in rows) == [c["id"] for c in cands]  # each prompt exactly once
         for r in rows:
             assert r["key"] == keys[r["id"]] and r["ranking"] == [x - 1 for x in good_answer(by_id[r["id"]])]
+        # the answers become the rankings: the collect_rankings stage writes them to the Parquet file
+        import pandas as pd
+
+        from tasks import collect_rankings
+        from tasks.config import compose
+
+        prompts = write_lines(tmp_path / "prompts.jsonl", [json.dumps({"id": c["id"], "kind": "custom", "prompt": c["prompt"]}) for c in cands])
+        collect_rankings.run(compose([
+            "experiment=smoke", "tracking.enabled=false", "collect_rankings.labeler=human", "collect_rankings.k=4",
+            f"collect_rankings.prompts_file={prompts}", f"collect_rankings.candidates_file={cand_file}",
+            f"collect_rankings.labels_file={labels}", f"collect_rankings.out_file={tmp_path / 'rankings.parquet'}",
+            f"collect_rankings.metrics_file={tmp_path / 'rankings.json'}",
+        ]))
+        df = pd.read_parquet(tmp_path / "rankings.parquet")
+        assert list(df["id"]) == [c["id"] for c in cands] and set(df["labeler"]) == {"human"}
+        assert [r.tolist() for r in df["ranking"]] == [[x - 1 for x in good_answer(c)] for c in cands]
         print("timings (s since start):", {k: round(v, 1) for k, v in timings.items()})
     finally:
         for p in procs:
