@@ -1,0 +1,285 @@
+"""evaluate stage: InstructGPT's Figure 1 on the world, judged by the oracle on held-out prompts.
+
+    python -m tasks.evaluate                                  # every policy in evaluate.policies
+    python -m tasks.evaluate experiment=smoke                 # tiny CPU run, seconds
+
+Each policy answers every held-out `rl_eval` prompt once by greedy decoding (deterministic):
+the pre-trained model prompted few-shot (`pretrain_few_shot`: up to `few_shot_k` demonstrations
+of the same kind first, as in the sft stage), and every checkpoint in `policies` (SFT, PPO,
+PPO-ptx, and any later method). Per policy:
+
+- `oracle_score` (mean), `perfect_rate` (share scoring 1), the oracle win rate against the
+  `reference` policy counted two ways: `win_rate_vs_sft` (ties count half, the paper's
+  convention) and `decisive_win_rate_vs_sft` (wins / (wins + losses), ties left out: the world's
+  rubric ties many perfect answers, which caps the first as the reference gets better);
+- `rm_score`: the reward model's normalised score of the greedy responses;
+- `kl_to_sft`: KL(π‖π_SFT) in nats per response, estimated on one temperature-1 sample per prompt
+  (k1, the mean of Σ log π − log π_SFT over the response tokens, both teacher-forced);
+- `response_len` (tokens of the greedy response);
+- the alignment tax: `pretrain_val_loss` on fixed windows of the pre-training validation split,
+  and `prompt_eval_acc` (mean zero-shot accuracy of the GPT-2/3 prompt tasks, reusing
+  `tasks.prompt_eval`; per task under `prompt_eval`).
+
+Outputs: `metrics_file` ({policy: {...}}), `samples_file` (one row per policy and prompt:
+prompt_id, policy, response, oracle_score, rm_score; anyone can recompute the table),
+`table_file` (markdown), `plot_file` (the over-optimisation curve: RM and oracle score of the
+PPO runs' samples against √KL per update, Gao et al. 2022), MLflow metrics and artifacts, and
+the final policy (`register_policy`) and the reward model registered in the MLflow registry.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from model import load_checkpoint
+from model.instruct import encode_prompt, encode_response, pad_right, respond, response_logprobs, response_targets
+from model.reward import RewardModel
+from tasks import tracking
+from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device,
+                          stage_main, write_jsonl)
+from tasks.sft import few_shot_context, read_demos, strict_tokenizer
+from tasks.world.oracle import score as oracle_score
+
+
+@dataclass
+class EvaluateConfig:
+    prompts_file: str = "data/raw/instructions/rl_eval.jsonl"  # held-out prompts {id, kind, prompt, meta}
+    max_prompts: int = -1  # the first N held-out prompts; -1 = all
+    pretrain: str = "models/pretrain"  # the pre-trained model, prompted few-shot; "" = leave that row out
+    demos_file: str = "data/raw/instructions/sft_train.jsonl"  # the few-shot baseline's demonstrations
+    few_shot_k: int = 3  # demonstrations in context for the few-shot baseline (as many as fit)
+    policies: dict[str, str] = field(default_factory=lambda: {"sft": "models/sft", "ppo": "models/ppo", "ppo_ptx": "models/ppo_ptx"})
+    reference: str = "sft"  # the policy win rates and KL are measured against
+    reward_model: str = "models/rm"  # scores every response (normalised units)
+    max_new_tokens: int = 40  # response budget, tokens
+    batch_size: int = 64  # prompts per generation batch
+    pretrain_data: str = "data/tokenized"  # val.bin: the alignment tax's pre-training loss
+    val_windows: int = 64  # pre-training validation windows (fixed, seeded)
+    prompt_eval_items: int = 100  # zero-shot prompt-eval items per task and policy; 0 = skip the prompt-eval tax
+    ppo_curves: list[str] = field(default_factory=lambda: ["metrics/ppo/ppo_curve.csv", "metrics/ppo/ppo_ptx_curve.csv"])
+    register_policy: str = "ppo_ptx"  # registered in MLflow's model registry with the reward model; "" = none
+    metrics_file: str = "metrics/evaluate.json"
+    samples_file: str = "metrics/evaluate_samples.jsonl"
+    table_file: str = "metrics/evaluate_table.md"
+    plot_file: str = "metrics/overoptimization.png"
+    seed: int = 1337  # KL samples, few-shot demonstrations
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@torch.no_grad()
+def sequence_logprob(model, contexts: list[list[int]], responses: list[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
+    """Σ log p(response token) per row, teacher-forced after its context."""
+    out = []
+    for b in range(0, len(contexts), batch_size):
+        rows = [c + r for c, r in zip(contexts[b : b + batch_size], responses[b : b + batch_size])]
+        ids, lengths = pad_right(rows, pad_id)
+        n_prompt = torch.tensor([len(c) for c in contexts[b : b + batch_size]])
+        dev = next(model.parameters()).device
+        lp = response_logprobs(model(ids.to(dev)), response_targets(ids, lengths, n_prompt).to(dev))
+        out += lp.sum(1).tolist()
+    return out
+
+
+@torch.no_grad()
+def rm_scores(rm: RewardModel, tok, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+    """The reward model's normalised score of each (prompt, response) in the instruction format."""
+    from model.instruct import encode_example
+
+    block = rm.gpt.config.block_size
+    out = []
+    for b in range(0, len(prompts), batch_size):
+        enc = []
+        for p, r in zip(prompts[b : b + batch_size], responses[b : b + batch_size]):
+            e = encode_example(tok, p, r, block)
+            enc.append(e[0] if e is not None else (encode_prompt(tok, p)[0] + encode_response(tok, r))[-block:])
+        ids, lengths = pad_right(enc, tok.pad_id)
+        dev = next(rm.parameters()).device
+        out += rm.normalized(ids.to(dev), lengths.to(dev)).float().tolist()
+    return out
+
+
+@torch.no_grad()
+def pretrain_val_loss(model, data_dir: Path, n: int, seed: int) -> float:
+    """Mean next-token loss on `n` fixed windows of the pre-training validation split."""
+    from tasks.pretrain import load_tokens, window_batch
+
+    _, _, val = load_tokens(data_dir)
+    T = model.config.block_size
+    g = torch.Generator().manual_seed(seed + 1)
+    offsets = torch.randint(0, len(val) - T - 1, (n,), generator=g)
+    total = 0.0
+    model.eval()
+    for b in range(0, n, 32):
+        x, y = window_batch(val, offsets[b : b + 32], T)
+        total += float(model(x, y)[1]) * len(x)
+    return total / n
+
+
+def zero_shot_tax(model, tok, ec: EvaluateConfig, cfg) -> dict[str, float]:
+    """Zero-shot accuracy per prompt task (the GPT-2 evaluation, `tasks.prompt_eval`)."""
+    from tasks import prompt_eval as pe
+
+    pc: pe.PromptEvalConfig = OmegaConf.to_object(cfg.prompt_eval)
+    pc.shots, pc.max_items, pc.too_long = [0], ec.prompt_eval_items, "skip"
+    names = pe.check_config(pc)
+    tasks = [pe.load_task(Path(pc.data_dir), n, pc.tasks[n]) for n in names]
+    results, _ = pe.evaluate(model, tok, tasks, pc)
+    return {task: by_k["k0"]["acc"] for task, by_k in results.items()}
+
+
+def win_rates(scores: list[float], ref: list[float]) -> tuple[float, float | None]:
+    """(ties-half win rate, decisive win rate) of `scores` against `ref`, prompt by prompt."""
+    wins = sum(a > b for a, b in zip(scores, ref))
+    losses = sum(a < b for a, b in zip(scores, ref))
+    ties = len(scores) - wins - losses
+    return (wins + 0.5 * ties) / max(1, len(scores)), (wins / (wins + losses) if wins + losses else None)
+
+
+def plot_overoptimization(curves: dict[str, list[dict]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in curves.items():
+        x = [math.sqrt(max(0.0, float(r["kl"]))) for r in rows]
+        axes[0].plot(x, [float(r["rm_score"]) for r in rows], "o-", ms=3, label=name)
+        axes[1].plot(x, [float(r["oracle_score"]) for r in rows], "o-", ms=3, label=name)
+    axes[0].set_ylabel("reward-model score (normalised)")
+    axes[1].set_ylabel("oracle score (ground truth)")
+    for ax in axes:
+        ax.set_xlabel("√KL(π‖π_SFT) (√nats)")
+        ax.legend()
+    fig.suptitle("PPO samples per update: proxy reward vs ground truth")
+    fig.tight_layout()
+    return fig
+
+
+def read_curve(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("kl") not in (None, "") and r.get("rm_score") not in (None, "")]
+
+
+TABLE_KEYS = ("oracle_score", "perfect_rate", "win_rate_vs_sft", "decisive_win_rate_vs_sft", "rm_score", "kl_to_sft",
+              "response_len", "pretrain_val_loss", "prompt_eval_acc")
+
+
+def table_rows(metrics: dict) -> list[dict]:
+    return [{"policy": name, **{k: m.get(k) for k in TABLE_KEYS}} for name, m in metrics.items()]
+
+
+def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], dict[str, list[dict]]]:
+    rows = read_jsonl(ec.prompts_file)
+    rows = rows[: ec.max_prompts] if ec.max_prompts >= 0 else rows
+    if ec.reference not in ec.policies:
+        raise InputError(f"evaluate.reference={ec.reference!r} is not one of evaluate.policies ({', '.join(ec.policies)})")
+    for name, path in ec.policies.items():
+        if not Path(path).is_dir():
+            raise InputError(f"{path}: checkpoint folder of policy '{name}' not found")
+    ref_dir = Path(ec.policies[ec.reference])
+    tok = strict_tokenizer(ref_dir)
+    rm = RewardModel.load(ec.reward_model, device=device).eval()
+    if Path(ec.reward_model, "tokenizer.json").read_text() != (ref_dir / "tokenizer.json").read_text():
+        raise InputError(f"{ec.reward_model}: the reward model's tokenizer differs from {ref_dir}'s")
+    reference = load_checkpoint(ref_dir, device=device).model.eval()
+    prompts = [r["prompt"] for r in rows]
+    plain = [encode_prompt(tok, p)[0] for p in prompts]
+    contexts: dict[str, list[list[int]]] = {}
+    models = {}
+    if ec.pretrain:
+        pool = defaultdict(list)
+        for d in read_demos(Path(ec.demos_file)):
+            pool[d["kind"]].append(d)
+        models["pretrain_few_shot"] = load_checkpoint(ec.pretrain, device=device).model.eval()
+        budget = models["pretrain_few_shot"].config.block_size - min(ec.max_new_tokens, 24)
+        rng = random.Random(ec.seed)
+        contexts["pretrain_few_shot"] = [few_shot_context(tok, r["prompt"], r["kind"], pool, ec.few_shot_k, budget, rng)[0] for r in rows]
+    for name, path in ec.policies.items():
+        models[name] = reference if name == ec.reference else load_checkpoint(path, device=device).model.eval()
+        contexts[name] = plain
+    metrics, samples, scores = {}, [], {}
+    for name, model in models.items():
+        greedy = respond(model, tok, contexts[name], ec.max_new_tokens, temperature=0.0, batch_size=ec.batch_size)
+        texts = [g["text"] for g in greedy]
+        scores[name] = [oracle_score(r, t) for r, t in zip(rows, texts)]
+        rms = rm_scores(rm, tok, prompts, texts)
+        g = torch.Generator().manual_seed(ec.seed)
+        sampled = respond(model, tok, contexts[name], ec.max_new_tokens, temperature=1.0, batch_size=ec.batch_size, generator=g)
+        # the contexts as `respond` fed them (cut from the left to leave room for the response)
+        ctx = [c[-(model.config.block_size - 16):] for c in contexts[name]]
+        ref_ctx = [c[-(model.config.block_size - 16):] for c in plain]
+        lp = sequence_logprob(model, ctx, [s["tokens"] for s in sampled], tok.pad_id)
+        lp_ref = lp if name == ec.reference else sequence_logprob(reference, ref_ctx, [s["tokens"] for s in sampled], tok.pad_id)
+        m = {
+            "oracle_score": sum(scores[name]) / len(rows),
+            "perfect_rate": sum(s == 1.0 for s in scores[name]) / len(rows),
+            "rm_score": sum(rms) / len(rows),
+            "kl_to_sft": sum(a - b for a, b in zip(lp, lp_ref)) / len(rows),
+            "response_len": sum(len(x["tokens"]) for x in greedy) / len(rows),
+            "eos_rate": sum(x["eos"] for x in greedy) / len(rows),
+            "pretrain_val_loss": pretrain_val_loss(model, Path(ec.pretrain_data), ec.val_windows, ec.seed),
+        }
+        if ec.prompt_eval_items:
+            m["prompt_eval"] = zero_shot_tax(model, tok, ec, cfg)
+            m["prompt_eval_acc"] = sum(m["prompt_eval"].values()) / len(m["prompt_eval"])
+        metrics[name] = m
+        samples += [{"prompt_id": r["id"], "policy": name, "response": t, "oracle_score": s, "rm_score": q}
+                    for r, t, s, q in zip(rows, texts, scores[name], rms)]
+    for name, m in metrics.items():
+        m["win_rate_vs_sft"], m["decisive_win_rate_vs_sft"] = win_rates(scores[name], scores[ec.reference])
+    curves = {Path(p).stem.removesuffix("_curve"): read_curve(Path(p)) for p in ec.ppo_curves if Path(p).is_file()}
+    return metrics, samples, curves
+
+
+def register(ec: EvaluateConfig) -> None:
+    """The final policy and the reward model as MLflow registered models (their checkpoint folders)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None or not ec.register_policy or ec.register_policy not in ec.policies:
+        return
+    for name, path, artifact in ((f"instructflow-{ec.register_policy}", ec.policies[ec.register_policy], "policy"),
+                                 ("instructflow-reward-model", ec.reward_model, "reward_model")):
+        tracking.log_checkpoint(path, artifact_path=artifact)
+        mlflow.register_model(f"runs:/{run.info.run_id}/{artifact}", name)
+
+
+def run(cfg) -> dict:
+    ec: EvaluateConfig = OmegaConf.to_object(cfg.evaluate)
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if ec.threads > 0:
+        torch.set_num_threads(ec.threads)
+    try:
+        with tracking.stage_run(cfg, "evaluate", sections=["evaluate", "seed"]):
+            metrics, samples, curves = evaluate(cfg, ec, device)
+            write_jsonl(ec.samples_file, samples)
+            atomic_write_text(ec.table_file, markdown_table(
+                table_rows(metrics), "Held-out rl_eval prompts, greedy responses; oracle = ground truth, win rates against SFT."))
+            atomic_write_json(ec.metrics_file, metrics)
+            if curves:
+                fig = plot_overoptimization(curves)
+                Path(ec.plot_file).parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(ec.plot_file, dpi=120)
+                tracking.log_figure(fig, "overoptimization.png")
+            for name, m in metrics.items():
+                tracking.log_metrics({f"{name}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and v is not None})
+            tracking.log_artifact(ec.table_file)
+            tracking.log_artifact(ec.samples_file)
+            register(ec)
+    finally:
+        torch.set_num_threads(threads)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main(run)
