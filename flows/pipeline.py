@@ -34,6 +34,12 @@ def stages(cfg) -> list[str]:
         *(f"finetune@{t}" for t in cfg.finetune.tasks),
         "finetune_report",
         "prompt_eval",
+        "sft",
+        "candidates",
+        "collect_rankings",
+        "train_rm",
+        *(f"ppo@{v}" for v in cfg.ppo.variants),
+        "evaluate",
     ]
 
 
@@ -45,12 +51,19 @@ def stage_metrics_file(cfg, stage: str) -> Path | None:
     """Where a stage leaves the metrics summarised in the flow's table."""
     if stage.startswith("finetune@"):
         return Path(cfg.finetune.metrics_dir) / f"{stage.split('@', 1)[1]}.json"
+    if stage.startswith("ppo@"):
+        return Path(cfg.ppo.metrics_dir) / f"{stage.split('@', 1)[1]}.json"
     return {
         "data": Path(cfg.data.out_dir) / "stats.json",
         "tokenize": Path(cfg.tokenizer.out_dir) / "meta.json",
         "pretrain": Path(cfg.pretrain.metrics_file),
         "finetune_report": Path(cfg.finetune.report_file),
         "prompt_eval": Path(cfg.prompt_eval.metrics_file),
+        "sft": Path(cfg.sft.metrics_file),
+        "candidates": Path(cfg.collect_rankings.candidates_metrics),
+        "collect_rankings": Path(cfg.collect_rankings.metrics_file),
+        "train_rm": Path(cfg.train_rm.metrics_file),
+        "evaluate": Path(cfg.evaluate.metrics_file),
     }.get(stage)
 
 
@@ -110,6 +123,29 @@ def run_stage(stage: str, parent_run_id: str | None) -> dict:
     return {"stage": stage, "ran": not skipped}
 
 
+def ask_people(cfg) -> int:
+    """Ask a person, in the Prefect UI, to rank every candidate that has no answer yet.
+
+    Runs in the flow's own body, not a task and not the `dvc repro` subprocess: only a flow pauses;
+    each answer is appended to the labels file at once, which is then versioned with `dvc add`.
+    """
+    from flows.labeling import ask_rankings, server_url
+    from tasks.labels import missing, read_candidates, read_labels
+
+    rc = cfg.collect_rankings
+    candidates = read_candidates(rc.candidates_file)
+    todo = missing(candidates, read_labels(rc.labels_file))
+    if todo and server_url() is None:
+        raise ConfigError(
+            f"collect_rankings.labeler=human: {len(todo)} prompts to rank need a Prefect server a person can reach "
+            "(`make serve`, then run the deployment or set PREFECT_API_URL)"
+        )
+    written = ask_rankings(candidates, rc.labels_file, timeout_s=rc.human_timeout_s, logger=get_run_logger())
+    if Path(rc.labels_file).is_file():
+        subprocess.run([sys.executable, "-m", "dvc", "add", "-q", rc.labels_file], env=stage_env(None), check=True)
+    return written
+
+
 def read_stage_metrics(cfg, stage: str) -> dict:
     path = stage_metrics_file(cfg, stage)
     return json.loads(path.read_text()) if path and path.is_file() else {}
@@ -123,7 +159,7 @@ def log_cached_stage(cfg, stage: str, parent_run_id: str, metrics: dict[str, flo
     tags = {"instructflow.stage": stage.split("@")[0], "dvc.stage": stage, "dvc.skipped": "true"}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} (cached)", parent_run_id=parent_run_id, tags=tags):
         if metrics:
-            mlflow.log_metrics(metrics)
+            mlflow.log_metrics({tracking.metric_key(k): v for k, v in metrics.items()})
 
 
 def dvc_lock_tags() -> dict[str, str]:
@@ -145,7 +181,7 @@ def dvc_lock_tags() -> dict[str, str]:
 def publish_tables(results: dict[str, dict[str, float]], raw: dict[str, dict]) -> None:
     """Prefect table artifacts: each stage's headline metrics, the GPT-1 ablation table and
     the GPT-2/3 accuracy-by-shots table (from the stages' metrics files, `raw`)."""
-    from tasks import finetune_report, prompt_eval
+    from tasks import evaluate, finetune_report, prompt_eval, sft
 
     summary = [
         {"stage": s, "metric": k, "value": round(v, 4)}
@@ -157,6 +193,10 @@ def publish_tables(results: dict[str, dict[str, float]], raw: dict[str, dict]) -
     tables = (
         ("finetune_report", finetune_report.table_rows, "finetune-ablations", "GPT-1 fine-tuning test accuracy: tasks × {pretrain, scratch} × λ"),
         ("prompt_eval", prompt_eval.table_rows, "prompt-eval", "Zero/one/few-shot accuracy by task and k, chance beside it"),
+        ("sft", lambda m: sft.table_rows(m["oracle_score"]), "sft-oracle",
+         "Mean oracle score on held-out rl_eval prompts by kind: pre-trained zero/few-shot vs SFT"),
+        ("evaluate", evaluate.table_rows, "instructgpt-comparison",
+         "Held-out rl_eval prompts judged by the oracle: win rates vs SFT, RM score, KL, alignment tax"),
     )
     for stage, rows, key, description in tables:
         if raw.get(stage):
@@ -183,6 +223,8 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     results, raw = {}, {}
     try:
         for stage in stages(cfg):
+            if stage == "collect_rankings" and cfg.collect_rankings.labeler == "human":
+                ask_people(cfg)
             r = run_stage(stage, parent_id)
             raw[stage] = read_stage_metrics(cfg, stage)
             results[stage] = numeric_leaves(raw[stage])
@@ -206,9 +248,10 @@ def instructflow(overrides: list[str] | None = None) -> dict:
                 "- Outputs: "
                 + ", ".join(
                     f"`{p}`"
-                    for p in (cfg.data.out_dir, cfg.tokenizer.out_dir, cfg.pretrain.out_dir, cfg.finetune.out_dir)
+                    for p in (cfg.data.out_dir, cfg.tokenizer.out_dir, cfg.pretrain.out_dir, cfg.finetune.out_dir, cfg.sft.out_dir,
+                              cfg.collect_rankings.out_file, cfg.train_rm.out_dir)
                 ),
-                f"- Tables: `{cfg.finetune.table_file}`, `{cfg.prompt_eval.table_file}`",
+                f"- Tables: `{cfg.finetune.table_file}`, `{cfg.prompt_eval.table_file}`, `{cfg.sft.table_file}`, `{cfg.evaluate.table_file}`",
             ]
         ),
         key="where-to-look",

@@ -18,11 +18,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tasks.common import atomic_write_text
 from tasks.data import DataConfig
+from tasks.evaluate import EvaluateConfig
 from tasks.finetune import FinetuneConfig
 from tasks.pretrain import PretrainConfig
+from tasks.sft import SFTConfig
+from tasks.collect_rankings import CollectRankingsConfig
 from tasks.prompt_eval import PromptEvalConfig
 from tasks.tokenize import TokenizerConfig
 from tasks.tracking import TrackingConfig
+from tasks.train_rm import TrainRMConfig
+from tasks.ppo import PPOConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PARAMS_FILE = "params.yaml"
@@ -57,6 +62,11 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     prompt_eval: PromptEvalConfig = field(default_factory=PromptEvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    collect_rankings: CollectRankingsConfig = field(default_factory=CollectRankingsConfig)
+    train_rm: TrainRMConfig = field(default_factory=TrainRMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 

@@ -241,16 +241,39 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
 
 
 def register(ec: EvaluateConfig) -> None:
-    """The final policy and the reward model as MLflow registered models (their checkpoint folders)."""
+    """The final policy and the reward model in MLflow's model registry, as pyfunc models that
+    carry their checkpoint folder and `model/`: `mlflow.pyfunc.load_model("models:/instructflow-ppo_ptx/1")
+    .predict(pd.DataFrame({"prompt": [...]}))` answers (greedy); the reward model's `.predict` takes
+    `prompt` and `response` columns and returns normalised scores."""
     import mlflow
 
-    run = mlflow.active_run()
-    if run is None or not ec.register_policy or ec.register_policy not in ec.policies:
+    if mlflow.active_run() is None or not ec.register_policy or ec.register_policy not in ec.policies:
         return
-    for name, path, artifact in ((f"instructflow-{ec.register_policy}", ec.policies[ec.register_policy], "policy"),
-                                 ("instructflow-reward-model", ec.reward_model, "reward_model")):
-        tracking.log_checkpoint(path, artifact_path=artifact)
-        mlflow.register_model(f"runs:/{run.info.run_id}/{artifact}", name)
+
+    class Checkpoint(mlflow.pyfunc.PythonModel):
+        def __init__(self, kind: str):
+            self.kind = kind
+
+        def load_context(self, context):
+            from model.tokenizer import Tokenizer
+
+            folder = context.artifacts["checkpoint"]
+            self.tok = Tokenizer.load(Path(folder) / "tokenizer.json")
+            self.model = (RewardModel.load(folder) if self.kind == "reward" else load_checkpoint(folder).model).eval()
+
+        def predict(self, context, model_input, params=None):
+            prompts = list(model_input["prompt"])
+            if self.kind == "reward":
+                return rm_scores(self.model, self.tok, prompts, list(model_input["response"]))
+            return [r["text"] for r in respond(self.model, self.tok, prompts, ec.max_new_tokens, temperature=0.0)]
+
+    root = Path(__file__).resolve().parent.parent
+    for name, path, kind in ((f"instructflow-{ec.register_policy}", ec.policies[ec.register_policy], "policy"),
+                             ("instructflow-reward-model", ec.reward_model, "reward")):
+        info = mlflow.pyfunc.log_model(name=kind, python_model=Checkpoint(kind), artifacts={"checkpoint": str(path)},
+                                       code_paths=[str(root / "model"), str(root / "tasks")],
+                                       pip_requirements=["torch", "tokenizers", "safetensors", "omegaconf"])
+        mlflow.register_model(info.model_uri, name)
 
 
 def run(cfg) -> dict:

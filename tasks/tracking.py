@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,12 +100,18 @@ def stage_run(cfg: Any, stage: str, sections: list[str], run_name: str | None = 
         yield run
 
 
+def metric_key(name: str) -> str:
+    """A metric name MLflow accepts: characters other than letters, digits, _ - . space : / become '_'
+    (e.g. the candidates' source "sft T=0.8")."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log to the active run, if any (stages call this unconditionally)."""
     import mlflow
 
     if mlflow.active_run() is not None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifacts(path: str | os.PathLike, artifact_path: str | None = None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("conf", "tasks", "model", "flows", "dvc.yaml", "pyproject.toml")
+PROJECT_FILES = ("conf", "tasks", "model", "flows", "labels", "dvc.yaml", "pyproject.toml")
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")

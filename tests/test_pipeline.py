@@ -34,7 +34,20 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     parent = parents[0]
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_stage = {c.data.tags["instructflow.stage"]: c for c in children}
-    assert set(by_stage) >= {"data", "tokenize", "pretrain", "finetune", "finetune_report", "prompt_eval"}
+    assert set(by_stage) >= {"data", "tokenize", "pretrain", "finetune", "finetune_report", "prompt_eval",
+                             "sft", "candidates", "collect_rankings", "train_rm"}
+    assert 0.0 <= results["sft"]["oracle_score.sft.mean"] <= 1.0 and results["candidates"]["prompts"] == 16
+    assert results["train_rm"]["heldout.pairwise_acc"] >= 0.0
+    # the reward model's run names the rankings it was trained on (an MLflow dataset input)
+    assert by_stage["train_rm"].inputs.dataset_inputs
+    # the final policy and the reward model are registered models that answer and score
+    import mlflow.pyfunc
+    import pandas as pd
+
+    registered = {m.name for m in client.search_registered_models()}
+    assert {"instructflow-ppo_ptx", "instructflow-reward-model"} <= registered
+    policy = mlflow.pyfunc.load_model("models:/instructflow-ppo_ptx/1")
+    assert isinstance(policy.predict(pd.DataFrame({"prompt": ["Describe the red ball in under 10 words."]}))[0], str)
     pre = by_stage["pretrain"]
     assert pre.data.params["pretrain.max_steps"] == "30" and "model.n_layer" in pre.data.params
     assert "final/val_loss" in pre.data.metrics

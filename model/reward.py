@@ -1,0 +1,140 @@
+"""The reward model of InstructGPT (Ouyang et al. 2022, §3.5): a GPT trunk and a scalar head.
+
+Architecture choices:
+- the trunk is a whole `GPT` (its LM head unused), initialised from the SFT policy in the paper;
+- the head is one Linear(C, 1) (with dropout before it) applied to `GPT.hidden_states`; the
+  reward of a response is the head's output at the row's LAST REAL token, which in the
+  instruction format (`model.instruct`) is the EOS that ends the response. Rows are
+  right-padded (`model.instruct.pad_right`), so that position is `lengths - 1` and padding
+  after it cannot change it (causal attention never looks right);
+- `scores` gives the head's output at every position: the per-token values a PPO value model
+  initialised from this one needs (any padding the trunk supports: right, left with
+  `attention_mask`, or a 4-D mask with position ids).
+
+Normalisation (what PPO consumes), both numbers stored in the checkpoint's meta.json under
+"reward" with how they were measured:
+- `bias`: the mean raw score of the SFT demonstrations (labeler-written responses), so that
+  demonstrations score 0 on average, as in the paper before RL;
+- `std`: the standard deviation of raw scores over responses sampled from the SFT policy (the
+  rankings' candidates), the reference policy's spread (lm-human-preferences normalises the
+  reward's scale on samples of the reference policy "so the KL coefficient always has the
+  same meaning");
+- `normalized(ids, lengths) = (forward(ids, lengths) - bias) / std`: demonstrations average 0
+  and one unit is one standard deviation of the SFT policy's rewards. PPO's reward is this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.gpt import GPT
+
+HEAD_PREFIX = "reward_head."
+
+
+@dataclass
+class Packed:
+    """Prompts each followed by their K responses, right-padded: ids, positions and segments
+    (B, T); segment 0 is the prompt, k + 1 response k, -1 padding. last (M, 2): (row, column) of
+    every response's last token, row by row in response order."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    segments: torch.Tensor
+    last: torch.Tensor
+
+    def mask(self) -> torch.Tensor:
+        """(B, 1, T, T) True = query may attend key: causal, and a response token sees only the
+        prompt and its own response; a padding token sees only itself (a fully masked row is NaN)."""
+        seg = self.segments
+        T = seg.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
+        q, k = seg[:, :, None], seg[:, None, :]  # (B, T, 1), (B, 1, T)
+        allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
+        return (allowed | torch.eye(T, dtype=torch.bool, device=seg.device))[:, None]
+
+
+def pack(prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int) -> Packed:
+    """One row per prompt: the prompt's ids, then each of its responses (ids ending in EOS) with
+    positions continuing from the prompt's end, so response k is computed exactly as the
+    unpadded row prompt + response k would be. Every position must fit the model's window."""
+    rows, pos, seg, last = [], [], [], []
+    for b, (p, rs) in enumerate(zip(prompts, responses)):
+        ids, ps, ss = list(p), list(range(len(p))), [0] * len(p)
+        for k, r in enumerate(rs):
+            ids += r
+            ps += range(len(p), len(p) + len(r))
+            ss += [k + 1] * len(r)
+            last.append((b, len(ids) - 1))
+        rows.append(ids), pos.append(ps), seg.append(ss)
+    T = max(map(len, rows))
+
+    def padded(xs, fill):
+        return torch.tensor([x + [fill] * (T - len(x)) for x in xs], dtype=torch.long)
+
+    return Packed(padded(rows, pad_id), padded(pos, 0), padded(seg, -1), torch.tensor(last, dtype=torch.long))
+
+
+class RewardModel(nn.Module):
+    """r(x, y): GPT trunk -> dropout -> Linear(C, 1) at the response's last token (EOS)."""
+
+    def __init__(self, gpt: GPT, dropout: float = 0.0, bias: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.gpt = gpt
+        self.p = dropout
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(gpt.config.n_embd, 1)
+        nn.init.normal_(self.head.weight, std=1 / (gpt.config.n_embd + 1) ** 0.5)  # lm-human-preferences
+        nn.init.zeros_(self.head.bias)
+        self.bias, self.std = float(bias), float(std)
+
+    def scores(self, ids: torch.Tensor, **trunk_kwargs) -> torch.Tensor:
+        """Raw head output at every position (N, T); `trunk_kwargs` go to `GPT.hidden_states`."""
+        h = self.gpt.hidden_states(ids, **trunk_kwargs)  # (N, T, C)
+        return self.head(self.dropout(h)).squeeze(-1)  # (N, T)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Raw rewards (N,) of right-padded rows ids (N, T) with `lengths` real tokens each,
+        read at each row's last real token (ids[i, lengths[i] - 1], the EOS)."""
+        h = self.gpt.hidden_states(ids)  # (N, T, C)
+        last = h[torch.arange(ids.size(0), device=ids.device), lengths - 1]  # (N, C)
+        return self.head(self.dropout(last)).squeeze(-1)  # (N,)
+
+    def forward_packed(self, packed: Packed) -> torch.Tensor:
+        """Raw rewards (M,) of the responses of `pack` rows, in packing order: each row holds a
+        prompt once and its responses after it, each response seeing only the prompt and itself."""
+        h = self.gpt.hidden_states(packed.ids, attention_mask=packed.mask(), position_ids=packed.positions)  # (B, T, C)
+        return self.head(self.dropout(h[packed.last[:, 0], packed.last[:, 1]])).squeeze(-1)  # (M,)
+
+    def normalized(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(raw - bias) / std: SFT demonstrations average 0, the SFT policy's spread is 1."""
+        return (self(ids, lengths) - self.bias) / self.std
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        return {HEAD_PREFIX + k: v for k, v in self.head.state_dict().items()}
+
+    def save(self, path, meta: dict, *, tokenizer_path=None, trainer_state: dict | None = None) -> Path:
+        """A checkpoint folder: the trunk as any GPT checkpoint, the head in heads.safetensors,
+        meta["reward"] = {bias, std, dropout, ...meta.get("reward")} (how they were measured)."""
+        meta = {**meta, "reward": {**meta.get("reward", {}), "bias": self.bias, "std": self.std, "dropout": self.p}}
+        return save_checkpoint(
+            path, self.gpt, meta, tokenizer_path=tokenizer_path, trainer_state=trainer_state, extra_tensors=self.head_tensors()
+        )
+
+    @classmethod
+    def load(cls, path, *, device="cpu", dropout: float | None = None) -> RewardModel:
+        """Read a folder written by `save` (bias and std from meta.json). `.meta` holds the meta."""
+        ckpt = load_checkpoint(path, device=device)
+        rm_meta = ckpt.meta.get("reward")
+        head = {k[len(HEAD_PREFIX) :]: v for k, v in ckpt.extra_tensors.items() if k.startswith(HEAD_PREFIX)}
+        if not isinstance(rm_meta, dict) or not {"bias", "std"} <= set(rm_meta) or set(head) != {"weight", "bias"}:
+            raise CheckpointError(f"checkpoint {path}: not a reward model (meta.json 'reward' or the head tensors missing)")
+        model = cls(ckpt.model, rm_meta.get("dropout", 0.0) if dropout is None else dropout, rm_meta["bias"], rm_meta["std"])
+        model.head.load_state_dict(head)
+        model.meta = ckpt.meta
+        return model.to(device)

@@ -1,0 +1,152 @@
+"""The math of InstructGPT's PPO step (Ouyang et al. 2022 §3.5; Schulman et al. 2017): plain
+PyTorch, no I/O, unit-tested against hand-computed values.
+
+Every per-token tensor is (N, R) in RESPONSE layout: column j is the j-th response token of a
+row (the EOS included), `mask` (N, R) is True on real response tokens, a prefix of each row
+(right padding after it). The functions also accept any other layout whose mask marks the
+response tokens (e.g. a full right-padded sequence with the prompt masked), as long as a row's
+response tokens are contiguous and nothing after them is real.
+
+- KL estimators per token, for samples from the policy π: k1 = log π − log π_ref (unbiased,
+  can go negative by noise) and k3 = (r − 1) − log r with r = π_ref / π (unbiased, never
+  negative, lower variance; Schulman, "Approximating KL divergence", 2020);
+- `token_rewards`: −β·KL on every response token, the sequence score added at the row's LAST
+  real token, nothing on padding (the reward-on-a-pad-token bug of trl#3750 cannot happen);
+- `gae`: generalised advantage estimation (Schulman et al. 2016) with γ, λ; the state after a
+  row's last token is terminal (value 0);
+- `whiten`: masked advantage whitening (mean 0, std 1 over the batch's real tokens);
+- `policy_loss`: the clipped surrogate, with the clip fraction and an approximate KL (k3 of
+  the sampling policy against the current one);
+- `value_loss`: the clipped value loss of PPO2 / lm-human-preferences;
+- `entropy`, `explained_variance`: diagnostics;
+- `KLController`: fixed β, or lm-human-preferences' adaptive β toward a target KL.
+
+Means over tokens are taken over all real tokens of the batch together (token-weighted), as in
+lm-human-preferences and TRL.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the True entries of mask (all rows together)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Variance (biased: divided by the count) of x over the True entries of mask."""
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean) / std over the masked entries; 0 on padding."""
+    return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + eps) * mask
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log π − log π_ref per token (0 on padding)."""
+    return (logprobs - ref_logprobs) * mask
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(r − 1) − log r with r = π_ref / π, per token (0 on padding); >= 0."""
+    log_r = ref_logprobs - logprobs
+    return (torch.expm1(log_r) - log_r) * mask
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """(N,) column of each row's last True entry (every row needs one)."""
+    return mask.long().cumsum(1).argmax(1)  # the cumulative count first reaches its maximum there
+
+
+def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards (N, R): −β·kl on every response token, plus `score` (N,) at each row's
+    last real token; exactly 0 on padding."""
+    rewards = -beta * kl * mask
+    rows = torch.arange(score.size(0), device=score.device)
+    rewards[rows, last_index(mask)] += score.to(rewards.dtype)
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns (N, R) by GAE; 0 on padding.
+
+    δ_t = r_t + γ·V_{t+1} − V_t with V = 0 after a row's last token;
+    A_t = δ_t + γλ·A_{t+1}; returns = A + V (the value targets, TD(λ)).
+    """
+    m = mask.to(values.dtype)
+    R = rewards.size(1)
+    adv = torch.zeros_like(values)
+    next_adv = torch.zeros_like(values[:, 0])
+    for t in reversed(range(R)):
+        m_next = m[:, t + 1] if t + 1 < R else torch.zeros_like(next_adv)
+        v_next = values[:, t + 1] * m_next if t + 1 < R else torch.zeros_like(next_adv)
+        delta = rewards[:, t] + gamma * v_next - values[:, t]
+        next_adv = delta + gamma * lam * m_next * next_adv
+        adv[:, t] = next_adv
+    adv = adv * m
+    return adv, (adv + values) * m
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, as a loss: mean over tokens of max(−A·ρ, −A·clip(ρ, 1 ± ε)),
+    ρ = π/π_old. -> (loss, {clip_frac: share of tokens where the clip binds, approx_kl: mean k3
+    of π_old against π})."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clip_frac": masked_mean((clipped > unclipped).float(), mask),
+                 "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask)}
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """0.5 · mean over tokens of max((V − G)², (V_clipped − G)²), V_clipped = V_old + clip(V − V_old, ±ε).
+    -> (loss, {vf_clip_frac})."""
+    clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"vf_clip_frac": masked_mean((clipped > unclipped).float(), mask)}
+    return loss, stats
+
+
+def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the distributions `logits` (N, R, V) over the masked tokens."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return masked_mean(-(logp.exp() * logp).sum(-1), mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(G − V) / Var(G) over the masked tokens: 1 is a perfect critic, 0 a constant one."""
+    var = masked_var(returns, mask)
+    return float(1.0 - masked_var(returns - values, mask) / var) if var > 0 else float("nan")
+
+
+class KLController:
+    """β of the KL penalty: fixed (target 0), or adaptive (lm-human-preferences):
+    err = clip(KL / target − 1, ±0.2); β ← β·(1 + err·n / horizon) after n episodes at mean KL."""
+
+    def __init__(self, beta: float, target: float = 0.0, horizon: float = 10_000):
+        self.beta, self.target, self.horizon = float(beta), float(target), float(horizon)
+
+    def update(self, kl: float, n: int) -> float:
+        """Adapt β to the measured mean KL (nats per response) of n episodes; returns β."""
+        if self.target > 0:
+            err = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.beta *= 1.0 + err * n / self.horizon
+        return self.beta

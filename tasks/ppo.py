@@ -1,0 +1,652 @@
+"""ppo stage: InstructGPT step 3 (Ouyang et al. 2022 §3.5, App. C), PPO against the reward model.
+
+    python -m tasks.ppo                                      # conf/ defaults: models/sft + models/rm -> models/ppo
+    python -m tasks.ppo ppo.variant=ppo_ptx                  # PPO-ptx -> models/ppo_ptx
+    python -m tasks.ppo ppo.variant=ppo_gold                 # the gold-reward run (the oracle as the reward)
+    python -m tasks.ppo ppo.resume=true                      # continue a killed run from its checkpoint
+    python -m tasks.ppo experiment=smoke ppo.updates=4       # tiny CPU run, seconds
+
+What it keeps from the paper, each with its source:
+- the policy starts from SFT, dropout off; a frozen copy of SFT is the KL reference; the reward
+  model is frozen (§3.5);
+- the reward of an episode: the RM's normalised score (`RewardModel.normalized`: demonstrations
+  average 0, one unit = the SFT samples' spread) at the response's last token, minus β·KL(π‖π_SFT)
+  on every response token (§3.5, eq. 2; per token as in lm-human-preferences); a response that
+  never emits EOS loses `no_eos_penalty` (lm-human-preferences replaces its score by −1);
+  β fixed (the paper: 0.02) or adapted toward `kl_target` (lm-human-preferences' controller);
+  the KL estimator of the penalty is a setting (`kl_estimator`, k1 by default) and recorded;
+- rollouts at temperature 1 (App. C); at another `temperature` the logits are divided by it in
+  every log-prob PPO and the reference compute, so the sampled and the scored distributions are
+  the same. Prompts come from `rl_prompts.jsonl`, never from the reward model's held-out split
+  (read from the RM's meta.json: the same `tasks.train_rm.split_of`), and never from `rl_eval`;
+- PPO (Schulman et al. 2017): GAE (γ = 1, λ = 0.95), whitened advantages, the clipped surrogate
+  (ε = 0.2), a clipped value loss, `ppo_epochs` passes of minibatches over each rollout batch
+  (the paper: 1), gradient clipping; the math is `model/rl.py`;
+- the value model: a separate network initialised from the reward model, trunk and head, in the
+  reward's normalised units (`value: rm`; the open reproductions found a separate critic best);
+  `value: shared` puts a zero-initialised value head on the policy's own trunk (one trunk pass
+  for both), `value: sft` a separate network from the SFT trunk with a zero head;
+- PPO-ptx (§3.5, eq. 2): `ptx_coef` (γ) × the next-token loss on `ptx_batch_size` windows of the
+  pre-training data added on every minibatch; with γ = 0 the pre-training data is never read.
+
+What it drops, and why: the paper's 8× pre-training examples per RL episode (CPU time), the
+RL-prompt mixture of customer prompts (the world has one prompt distribution), the 256k
+episodes (we have minutes: see conf/ppo.yaml for the measured shape).
+
+`reward: oracle` replaces the RM's score by the world's oracle (`tasks.world.oracle.score`),
+normalised by the mean and std of the first rollout batch (the SFT policy's samples): the
+gold-reward run, the ceiling the reward model is held against.
+
+Every update logs (MLflow, and the curve CSV a DVC plot reads): the mean RM score and ORACLE
+score of the sampled responses, KL to SFT (k1 and k3, nats per response), entropy, clip
+fraction, approximate KL, value loss, explained variance, response length, EOS rate, the
+pre-training loss, β; greedy responses to held-out prompts (the RM's held-out split) are scored
+every `eval_every` updates; a table of sampled responses every `samples_every` updates.
+
+Each update is a pure function of (seed, update) and the state: the prompts (an epoch-wise
+permutation), the sampling generator, the minibatch order and the pre-training windows are all
+derived from them, so `trainer.pt` (both optimizers, β, the reward normalisation, history) and
+the weights (policy in model.safetensors, value model in heads.safetensors) are all a resumed
+run needs to log the same numbers bit for bit on CPU.
+
+Outputs, named by `variant`: `{models_dir}/{variant}/` (checkpoint), `{metrics_dir}/{variant}.json`
+(final metrics), `{metrics_dir}/{variant}_curve.csv` (one row per update).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from model import GPT, load_checkpoint, save_checkpoint
+from model import rl
+from model.checkpoint import CheckpointError
+from model.instruct import MIN_NEW_TOKENS, encode_prompt, pad_right, respond, response_logprobs, response_targets
+from model.reward import RewardModel
+from model.tokenizer import Tokenizer
+from tasks import tracking
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
+from tasks.pretrain import load_tokens, step_offsets, window_batch
+from tasks.sft import epoch_order, strict_tokenizer
+from tasks.train_rm import split_of
+from tasks.world.oracle import score as oracle_score
+
+REWARDS = ("rm", "oracle")
+VALUES = ("rm", "sft", "shared")
+VALUE_PREFIX = "value."  # the value model's tensors in the checkpoint's heads.safetensors
+
+
+@dataclass
+class PPOConfig:
+    variant: str = "ppo"  # this run's name: writes {models_dir}/{variant}/, {metrics_dir}/{variant}.json, {variant}_curve.csv
+    variants: dict[str, Any] = field(default_factory=lambda: {"ppo": {}, "ppo_ptx": {"ptx_coef": 1.0}, "ppo_gold": {"reward": "oracle"}})  # per variant: the settings it overrides
+    policy: str = "models/sft"  # the policy's start and the frozen KL reference (a checkpoint with tokenizer.json)
+    reward_model: str = "models/rm"  # the frozen reward model (RewardModel checkpoint); also the value model's start
+    prompts_file: str = "data/raw/instructions/rl_prompts.jsonl"  # rows {id, kind, prompt, meta}
+    pretrain_data: str = "data/tokenized"  # train.bin for PPO-ptx; never read when ptx_coef = 0
+    models_dir: str = "models"  # the checkpoint goes to {models_dir}/{variant}
+    metrics_dir: str = "metrics/ppo"  # {variant}.json (final metrics) and {variant}_curve.csv (per update)
+    reward: str = "rm"  # rm: the reward model's normalised score | oracle: the world's oracle (the gold-reward run)
+    value: str = "rm"  # value model: rm (separate, from the RM) | sft (separate, SFT trunk, zero head) | shared (head on the policy trunk)
+    updates: int = 60  # PPO updates, each one rollout batch
+    episodes: int = 64  # prompts per rollout batch, one sampled response each
+    minibatch: int = 16  # episodes per gradient step
+    ppo_epochs: int = 4  # passes over each rollout batch (the paper: 1)
+    lr: float = 5e-5  # policy AdamW learning rate, constant
+    value_lr: float = 5e-5  # value model AdamW learning rate, constant
+    vf_coef: float = 1.0  # weight of the value loss in the loss (matters with value=shared, where it reaches the trunk)
+    beta: float = 0.05  # KL coefficient β (per token, nats; the paper: 0.02); >= 0
+    kl_estimator: str = "k1"  # the penalty's per-token KL: k1 = log π − log π_ref | k3 = (r − 1) − log r, r = π_ref/π
+    kl_target: float = 0.0  # adaptive β toward this KL (nats per response); 0 = β fixed
+    kl_horizon: int = 10000  # adaptive β's horizon, episodes (lm-human-preferences: 10,000)
+    gamma: float = 1.0  # GAE discount per token (the paper: none, 1)
+    lam: float = 0.95  # GAE λ
+    clip: float = 0.2  # PPO ratio clip ε
+    value_clip: float = 0.2  # value clip, in normalised reward units
+    whiten: bool = True  # whiten advantages over each rollout batch
+    grad_clip: float = 1.0  # max global grad norm, policy and value model each; 0 = off
+    temperature: float = 1.0  # sampling temperature (the paper: 1); log-probs use logits / temperature
+    max_new_tokens: int = 40  # response-length limit, tokens (the prompt is left-cut so this many fit)
+    no_eos_penalty: float = 1.0  # subtracted from the score of a response cut off without EOS; 0 = none
+    ptx_coef: float = 0.0  # γ_ptx: weight of the pre-training loss on every minibatch (PPO-ptx); 0 = plain PPO
+    ptx_batch_size: int = 8  # pre-training windows per minibatch
+    ptx_block: int = -1  # tokens per pre-training window; -1 = the model's block_size
+    eval_every: int = 10  # updates between greedy evaluations on held-out prompts; 0 = at start and end only
+    eval_prompts: int = 100  # held-out prompts (the RM's held-out split of prompts_file) evaluated; 0 = none
+    samples_every: int = 10  # updates between tables of sampled responses (MLflow); 0 = none
+    n_samples: int = 8  # rows per samples table
+    ckpt_every: int = 10  # updates between checkpoints; 0 = only at the end
+    resume: bool = False  # continue from the checkpoint in {models_dir}/{variant}
+    progress: bool = True  # a line per update on stderr
+    threads: int = 1  # torch CPU threads; 0 = torch's default
+    seed: int = 1337  # prompt order, sampling, minibatch order, pre-training windows
+
+
+# generator streams: each random draw of an update is a pure function of (seed, stream, index)
+SAMPLE, MINIBATCH, PTX = 1, 2, 3
+
+
+def generator(seed: int, stream: int, index: int, device: str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + stream * 100_000_007 + index)
+
+
+def episode_prompts(seed: int, update: int, episodes: int, n: int) -> list[int]:
+    """Indices of update's prompts: episodes [update·E, (update+1)·E) of a stream of epoch-wise permutations."""
+    ks = range(update * episodes, (update + 1) * episodes)
+    orders = {e: epoch_order(seed, e, n) for e in {k // n for k in ks}}
+    return [orders[k // n][k % n] for k in ks]
+
+
+# --- config and inputs -------------------------------------------------------------------------
+
+
+def resolve_variant(node) -> PPOConfig:
+    """The ppo section with its variant's overrides applied (validated against the schema)."""
+    variants = node.variants
+    if node.variant not in variants:
+        raise InputError(f"ppo.variant={node.variant!r} is not in ppo.variants ({', '.join(variants)})")
+    try:
+        merged = OmegaConf.merge(node, variants[node.variant])
+    except OmegaConfBaseException as e:
+        raise InputError(f"ppo.variants.{node.variant}: {str(e).splitlines()[0]}") from None
+    return OmegaConf.to_object(merged)
+
+
+def check_config(pc: PPOConfig) -> None:
+    if pc.beta < 0:
+        raise InputError(f"ppo.beta={pc.beta}: the KL coefficient must be >= 0")
+    if pc.reward not in REWARDS:
+        raise InputError(f"ppo.reward={pc.reward!r}: expected one of {', '.join(REWARDS)}")
+    if pc.value not in VALUES:
+        raise InputError(f"ppo.value={pc.value!r}: expected one of {', '.join(VALUES)}")
+    if pc.kl_estimator not in rl.KL_ESTIMATORS:
+        raise InputError(f"ppo.kl_estimator={pc.kl_estimator!r}: expected one of {', '.join(rl.KL_ESTIMATORS)}")
+    if pc.episodes < 1 or pc.minibatch < 1 or pc.episodes % pc.minibatch:
+        raise InputError(f"ppo.episodes={pc.episodes} must be a positive multiple of ppo.minibatch={pc.minibatch}")
+    if pc.temperature <= 0:
+        raise InputError(f"ppo.temperature={pc.temperature}: sampling needs a temperature > 0")
+    if pc.ptx_coef < 0 or pc.kl_target < 0 or pc.updates < 0 or pc.max_new_tokens < 1:
+        raise InputError("ppo.ptx_coef, kl_target and updates must be >= 0, max_new_tokens >= 1")
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    return json.loads(a.read_text(encoding="utf-8")) == json.loads(b.read_text(encoding="utf-8"))
+
+
+def checkpoint_dir(path: str, what: str, made_by: str) -> Path:
+    folder = Path(path)
+    if not (folder / "model.safetensors").is_file():
+        raise InputError(f"{folder}: no {what} checkpoint (run the {made_by} stage first)")
+    return folder
+
+
+def rm_split(rm_meta: dict | None, fallback) -> dict:
+    """How train_rm split prompts (seed, heldout, val): from the RM's meta.json (its resolved
+    config), or from this config's train_rm section when no reward model is involved."""
+    if rm_meta is not None:
+        rc = (rm_meta.get("config") or {}).get("train_rm")
+        if not isinstance(rc, dict) or not {"split_seed", "heldout_fraction"} <= set(rc):
+            raise InputError("reward model meta.json records no train_rm split (config.train_rm.split_seed, heldout_fraction)")
+    else:
+        rc = fallback
+    return {"seed": int(rc["split_seed"]), "heldout": float(rc["heldout_fraction"]), "val": float(rc.get("val_fraction", 0.0))}
+
+
+def read_prompts(path: str, split: dict) -> tuple[list[dict], list[dict]]:
+    """(training prompts, held-out prompts): the RM's held-out split is only ever evaluated."""
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get("id"), str) or not isinstance(r.get("prompt"), str):
+            raise InputError(f"{path}: row {i} needs string 'id' and 'prompt'")
+    held = [r for r in rows if split_of(r["id"], split["seed"], split["heldout"], split["val"]) == "heldout"]
+    train = [r for r in rows if split_of(r["id"], split["seed"], split["heldout"], split["val"]) != "heldout"]
+    if not train:
+        raise InputError(f"{path}: no prompts outside the reward model's held-out split")
+    return train, held
+
+
+# --- rollouts ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Episodes as right-padded rows (prompt + response) and response-layout (N, R) tensors:
+    column j is response token j; `pos` is the position in `ids` whose output predicts it."""
+
+    rows: list[dict]
+    texts: list[str]
+    ids: torch.Tensor  # (N, T) right-padded prompt + response
+    lengths: torch.Tensor  # (N,) real tokens per row
+    pos: torch.Tensor  # (N, R)
+    targets: torch.Tensor  # (N, R) response token ids, -100 on padding
+    eos: torch.Tensor  # (N,) bool: the response ended in EOS
+    data: dict[str, torch.Tensor] = field(default_factory=dict)  # scores, log-probs, values, advantages...
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.targets != -100
+
+    def select(self, idx: torch.Tensor) -> Batch:
+        """The rows idx, cut to their longest row and response (less padding to compute)."""
+        T = int(self.lengths[idx].max())
+        R = int(self.mask[idx].sum(1).max())
+        sub = Batch([self.rows[i] for i in idx.tolist()], [self.texts[i] for i in idx.tolist()], self.ids[idx, :T],
+                    self.lengths[idx], self.pos[idx, :R].clamp(max=T - 1), self.targets[idx, :R], self.eos[idx])
+        sub.data = {k: v[idx, :R] if v.dim() == 2 else v[idx] for k, v in self.data.items()}
+        return sub
+
+
+def make_batch(rows: list[dict], prompts: list[list[int]], responses: list[dict], pad_id: int, device: str) -> Batch:
+    ids, lengths = pad_right([p + r["tokens"] for p, r in zip(prompts, responses)], pad_id)
+    n_prompt = torch.tensor([len(p) for p in prompts])
+    T, R = ids.size(1), max(len(r["tokens"]) for r in responses)
+    pos = (n_prompt[:, None] - 1 + torch.arange(R)[None, :]).clamp(max=T - 1)  # (N, R)
+    targets = response_targets(ids, lengths, n_prompt).gather(1, pos)  # -100 past each response
+    eos = torch.tensor([r["eos"] for r in responses])
+    return Batch(rows, [r["text"] for r in responses], ids.to(device), lengths.to(device), pos.to(device),
+                 targets.to(device), eos.to(device))
+
+
+def policy_forward(policy: GPT, batch: Batch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, R, V) at the sampling temperature, trunk states (N, R, C)) at the response positions."""
+    h = policy.hidden_states(batch.ids)  # (N, T, C)
+    h = h.gather(1, batch.pos[..., None].expand(-1, -1, h.size(-1)))  # (N, R, C)
+    return policy.lm_head(h) / temperature, h
+
+
+def value_forward(critic: RewardModel, batch: Batch, h_policy: torch.Tensor | None) -> torch.Tensor:
+    """V (N, R) in normalised reward units: the critic's head on its own trunk, or on the policy's
+    states h_policy when the trunk is shared."""
+    raw = critic.head(h_policy).squeeze(-1) if h_policy is not None else critic.scores(batch.ids).gather(1, batch.pos)
+    return (raw - critic.bias) / critic.std
+
+
+class Scorer:
+    """The episode's score: the RM's normalised score or the oracle's (normalised on the first
+    batch), minus the no-EOS penalty."""
+
+    def __init__(self, pc: PPOConfig, rm: RewardModel | None, norm: list[float] | None):
+        self.pc, self.rm, self.norm = pc, rm, norm
+
+    @torch.no_grad()
+    def rm_scores(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.rm.normalized(ids, lengths).float() if self.rm is not None else torch.full((ids.size(0),), float("nan"))
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        d = batch.data
+        d["rm_score"] = self.rm_scores(batch.ids, batch.lengths).to(batch.ids.device)
+        d["oracle_score"] = torch.tensor([oracle_score(r, t) for r, t in zip(batch.rows, batch.texts)], device=batch.ids.device)
+        if self.pc.reward == "rm":
+            score = d["rm_score"]
+        else:
+            if self.norm is None:  # the first batch: samples of the SFT policy itself
+                s = d["oracle_score"]
+                self.norm = [s.mean().item(), s.std().item() if s.numel() > 1 and s.std().item() > 1e-6 else 1.0]
+            score = (d["oracle_score"] - self.norm[0]) / self.norm[1]
+        return score - self.pc.no_eos_penalty * (~batch.eos).float()
+
+
+def finite_or_none(x: float) -> float | None:
+    """None for a NaN (no reward model; constant returns): an empty CSV cell, JSON null."""
+    return x if math.isfinite(x) else None
+
+
+@torch.no_grad()
+def experience(batch: Batch, policy: GPT, ref: GPT, critic: RewardModel, score: torch.Tensor, pc: PPOConfig, beta: float) -> dict:
+    """Fill the batch with old log-probs, reference log-probs, values, advantages and returns
+    for the episodes' scores (N,); -> the rollout's statistics."""
+    mask, d = batch.mask, batch.data
+    logits, h = policy_forward(policy, batch, pc.temperature)
+    d["old_logprobs"] = response_logprobs(logits, batch.targets)
+    d["ref_logprobs"] = response_logprobs(policy_forward(ref, batch, pc.temperature)[0], batch.targets)
+    d["old_values"] = value_forward(critic, batch, h if pc.value == "shared" else None) * mask
+    k1 = rl.kl_k1(d["old_logprobs"], d["ref_logprobs"], mask)
+    k3 = rl.kl_k3(d["old_logprobs"], d["ref_logprobs"], mask)
+    kl = k1 if pc.kl_estimator == "k1" else k3
+    rewards = rl.token_rewards(score, kl, mask, beta)
+    adv, d["returns"] = rl.gae(rewards, d["old_values"], mask, pc.gamma, pc.lam)
+    d["advantages"] = rl.whiten(adv, mask) if pc.whiten else adv
+    n = mask.sum(1).float()
+    return {
+        "score": score.mean().item(), "kl": k1.sum(1).mean().item(), "kl_k3": k3.sum(1).mean().item(),
+        "non_score_reward": (-beta * kl.sum(1)).mean().item(), "reward": rewards.sum(1).mean().item(),
+        "entropy": rl.entropy(logits, mask).item(), "response_len": n.mean().item(), "eos_rate": batch.eos.float().mean().item(),
+        "explained_var": finite_or_none(rl.explained_variance(d["old_values"], d["returns"], mask)),
+    }
+
+
+# --- the PPO update ----------------------------------------------------------------------------
+
+
+@dataclass
+class Learner:
+    """What the update trains: the policy, the value model (or head) and their optimizers."""
+
+    policy: GPT
+    critic: RewardModel
+    policy_opt: torch.optim.Optimizer
+    value_opt: torch.optim.Optimizer
+    shared: bool
+
+    def value_params(self) -> list[torch.nn.Parameter]:
+        return list(self.critic.head.parameters()) if self.shared else list(self.critic.parameters())
+
+
+def ppo_step(learner: Learner, mb: Batch, pc: PPOConfig, ptx: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+    """One gradient step on a minibatch: clipped surrogate + vf_coef · clipped value loss
+    (+ ptx_coef · next-token loss on the pre-training windows `ptx`)."""
+    mask, d = mb.mask, mb.data
+    learner.policy.train()
+    learner.critic.train()
+    logits, h = policy_forward(learner.policy, mb, pc.temperature)
+    logprobs = response_logprobs(logits, mb.targets)
+    pg_loss, pg = rl.policy_loss(logprobs, d["old_logprobs"], d["advantages"], mask, pc.clip)
+    values = value_forward(learner.critic, mb, h if learner.shared else None)
+    vf_loss, vf = rl.value_loss(values, d["old_values"], d["returns"], mask, pc.value_clip)
+    loss = pg_loss + pc.vf_coef * vf_loss
+    stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clip_frac": pg["clip_frac"].item(),
+             "approx_kl": pg["approx_kl"].item(), "vf_clip_frac": vf["vf_clip_frac"].item()}
+    if ptx is not None:
+        _, ptx_loss = learner.policy(ptx[0], ptx[1])
+        loss = loss + pc.ptx_coef * ptx_loss
+        stats["ptx_loss"] = ptx_loss.item()
+    if not math.isfinite(loss.item()):
+        raise InputError(f"ppo: non-finite loss ({loss.item()}); lower ppo.lr")
+    loss.backward()
+    if pc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(learner.policy.parameters(), pc.grad_clip)
+        torch.nn.utils.clip_grad_norm_(learner.value_params(), pc.grad_clip)
+    learner.policy_opt.step()
+    learner.value_opt.step()
+    learner.policy_opt.zero_grad(set_to_none=True)
+    learner.value_opt.zero_grad(set_to_none=True)
+    return stats
+
+
+class PtxData:
+    """Pre-training windows of train.bin for PPO-ptx, a pure function of (seed, minibatch index)."""
+
+    def __init__(self, pc: PPOConfig, block_size: int, policy_tok: Path, device: str):
+        folder = Path(pc.pretrain_data)
+        meta, self.train, _ = load_tokens(folder)
+        if (folder / "tokenizer.json").is_file() and not same_tokenizer(folder / "tokenizer.json", policy_tok):
+            raise InputError(f"{folder}/tokenizer.json differs from the policy's {policy_tok}")
+        self.T = pc.ptx_block if pc.ptx_block > 0 else block_size
+        if self.T > block_size or len(self.train) <= self.T + 1:
+            raise InputError(f"{folder}/train.bin: need windows of {self.T} tokens within the policy's {block_size}")
+        self.n, self.seed, self.device = pc.ptx_batch_size, pc.seed, device
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        offsets = step_offsets(self.seed * 7 + PTX, index, self.n, len(self.train) - self.T - 1)
+        x, y = window_batch(self.train, offsets, self.T)
+        return x.to(self.device), y.to(self.device)
+
+
+def train_update(learner: Learner, batch: Batch, pc: PPOConfig, update: int, ptx: PtxData | None) -> dict[str, float]:
+    """ppo_epochs passes of shuffled minibatches over one rollout batch; mean statistics."""
+    n_mb = pc.episodes // pc.minibatch
+    sums: dict[str, float] = {}
+    for epoch in range(pc.ppo_epochs):
+        order = torch.randperm(pc.episodes, generator=generator(pc.seed, MINIBATCH, update * pc.ppo_epochs + epoch))
+        for m in range(n_mb):
+            idx = order[m * pc.minibatch : (m + 1) * pc.minibatch]
+            windows = ptx.batch((update * pc.ppo_epochs + epoch) * n_mb + m) if ptx is not None else None
+            for k, v in ppo_step(learner, batch.select(idx.to(batch.ids.device)), pc, windows).items():
+                sums[k] = sums.get(k, 0.0) + v
+    return {k: v / (pc.ppo_epochs * n_mb) for k, v in sums.items()}
+
+
+# --- models and state --------------------------------------------------------------------------
+
+
+def no_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for blk in getattr(getattr(model, "transformer", None), "h", []):
+        blk.attn.dropout = 0.0
+
+
+def build_critic(pc: PPOConfig, policy: GPT, rm_dir: Path | None, sft: Path, device: str) -> RewardModel:
+    if pc.value == "rm":
+        critic = RewardModel.load(rm_dir, device=device, dropout=0.0)
+    else:
+        critic = RewardModel(policy if pc.value == "shared" else GPT.from_pretrained(sft).to(device))
+        torch.nn.init.zeros_(critic.head.weight)  # lm-human-preferences: the value head starts at 0
+    no_dropout(critic)
+    return critic.float().to(device)
+
+
+def critic_tensors(critic: RewardModel, shared: bool) -> dict[str, torch.Tensor]:
+    sd = critic.head.state_dict() if shared else {k: v for k, v in critic.state_dict().items() if k != "gpt.lm_head.weight"}
+    return {VALUE_PREFIX + ("head." if shared else "") + k: v for k, v in sd.items()}
+
+
+def load_critic_tensors(critic: RewardModel, tensors: dict[str, torch.Tensor], shared: bool, where: Path) -> None:
+    sd = {k[len(VALUE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(VALUE_PREFIX)}
+    target = critic if not shared else torch.nn.ModuleDict({"head": critic.head})
+    missing, unexpected = target.load_state_dict(sd, strict=False)
+    if [k for k in missing if k != "gpt.lm_head.weight"] or unexpected:
+        raise CheckpointError(f"checkpoint {where}: heads.safetensors does not hold this value model (value={'shared' if shared else 'separate'})")
+
+
+def optimizers(policy: GPT, critic: RewardModel, pc: PPOConfig, device: str) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    policy_opt = policy.configure_optimizers(0.0, pc.lr, (0.9, 0.95), dev)
+    if pc.value == "shared":
+        value_opt = torch.optim.AdamW(critic.head.parameters(), lr=pc.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    else:
+        value_opt = critic.gpt.configure_optimizers(0.0, pc.value_lr, (0.9, 0.95), dev)
+        value_opt.add_param_group({"params": list(critic.head.parameters()), "weight_decay": 0.0})
+    return policy_opt, value_opt
+
+
+# --- evaluation and logging ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(policy: GPT, tok: Tokenizer, rows: list[dict], prompts: list[list[int]], scorer: Scorer, pc: PPOConfig, device: str) -> dict:
+    """Greedy responses to held-out prompts: mean oracle score, RM score, EOS rate, length."""
+    out = respond(policy, tok, prompts, pc.max_new_tokens, temperature=0.0, batch_size=64)
+    ids, lengths = pad_right([p + r["tokens"] for p, r in zip(prompts, out)], tok.pad_id)
+    rm = scorer.rm_scores(ids.to(device), lengths.to(device)).mean().item()
+    return {"oracle_score": sum(oracle_score(r, o["text"]) for r, o in zip(rows, out)) / len(rows),
+            "rm_score": finite_or_none(rm), "eos_rate": sum(o["eos"] for o in out) / len(out),
+            "response_len": sum(len(o["tokens"]) for o in out) / len(out)}
+
+
+CURVE = ("update", "episodes", "beta", "rm_score", "oracle_score", "score", "kl", "kl_k3", "non_score_reward", "reward",
+         "entropy", "response_len", "eos_rate", "explained_var", "policy_loss", "value_loss", "clip_frac", "approx_kl",
+         "vf_clip_frac", "ptx_loss", "eval_oracle_score", "eval_rm_score", "eval_eos_rate", "eval_response_len")
+
+
+def write_curve(path: Path, history: list[dict]) -> None:
+    lines = [",".join(CURVE)]
+    for h in history:
+        lines.append(",".join("" if h.get(k) is None else repr(h[k]) for k in CURVE))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def log_samples(batch: Batch, update: int, n: int) -> None:
+    import mlflow
+
+    if mlflow.active_run() is None or n <= 0:
+        return
+    d = batch.data
+    rows = [{"update": update, "id": batch.rows[i]["id"], "prompt": batch.rows[i]["prompt"], "response": batch.texts[i],
+             "eos": bool(batch.eos[i]), "rm_score": float(d["rm_score"][i]), "oracle_score": float(d["oracle_score"][i])}
+            for i in range(min(n, len(batch.rows)))]
+    import pandas as pd
+
+    mlflow.log_table(pd.DataFrame(rows), artifact_file=f"samples/update_{update:04d}.json")
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+
+def train(cfg, pc: PPOConfig, device: str) -> dict:
+    check_config(pc)
+    sft = checkpoint_dir(pc.policy, "SFT policy", "sft")
+    sft_tok = sft / "tokenizer.json"
+    tok = strict_tokenizer(sft)
+    needs_rm = pc.reward == "rm" or pc.value == "rm"
+    rm_dir = Path(pc.reward_model)
+    if needs_rm:
+        checkpoint_dir(pc.reward_model, "reward model", "train_rm")
+    use_rm = (rm_dir / "model.safetensors").is_file()
+    if use_rm and not ((rm_dir / "tokenizer.json").is_file() and same_tokenizer(rm_dir / "tokenizer.json", sft_tok)):
+        raise InputError(f"{rm_dir}/tokenizer.json differs from the policy's {sft_tok} (train the reward model from this SFT)")
+    rm = RewardModel.load(rm_dir, device=device, dropout=0.0).float() if use_rm else None
+    split = rm_split(rm.meta if rm is not None else None, OmegaConf.to_container(cfg.train_rm))
+    train_rows, held_rows = read_prompts(pc.prompts_file, split)
+    out_dir = Path(pc.models_dir) / pc.variant
+    metrics_dir = Path(pc.metrics_dir)
+    ref = GPT.from_pretrained(sft).to(device).float().eval()
+    ref.requires_grad_(False)
+    block = ref.config.block_size
+    if pc.max_new_tokens > block - 8:
+        raise InputError(f"ppo.max_new_tokens={pc.max_new_tokens} leaves no room for a prompt in the {block}-token window")
+    ptx = PtxData(pc, block, sft_tok, device) if pc.ptx_coef > 0 else None
+    if rm is not None:
+        rm.eval().requires_grad_(False)
+
+    resume = pc.resume and (out_dir / "trainer.pt").is_file()
+    start = load_checkpoint(out_dir if resume else sft, device=device, load_trainer=resume)
+    policy = start.model.float()
+    no_dropout(policy)
+    critic = build_critic(pc, policy, rm_dir if use_rm else None, sft, device)
+    if resume:
+        load_critic_tensors(critic, start.extra_tensors, pc.value == "shared", out_dir)
+    policy_opt, value_opt = optimizers(policy, critic, pc, device)
+    learner = Learner(policy, critic, policy_opt, value_opt, pc.value == "shared")
+    kl_ctl = rl.KLController(pc.beta, pc.kl_target, pc.kl_horizon)
+    update, history, norm, evals = 0, [], None, []
+    if resume:
+        st = start.trainer_state
+        policy_opt.load_state_dict(st["policy_opt"])
+        value_opt.load_state_dict(st["value_opt"])
+        update, history, evals = int(st["update"]), list(st["history"]), list(st["evals"])
+        kl_ctl.beta, norm = float(st["beta"]), st["reward_norm"]
+    scorer = Scorer(pc, rm, norm)
+
+    room = block - max(pc.max_new_tokens, MIN_NEW_TOKENS)  # respond() cuts nothing shorter
+    enc = [encode_prompt(tok, r["prompt"], room) for r in train_rows]
+    prompt_ids = [e[0] for e in enc]
+    eval_rows = held_rows[: max(pc.eval_prompts, 0)]
+    eval_ids = [encode_prompt(tok, r["prompt"], room)[0] for r in eval_rows]
+    counts = {"train_prompts": len(train_rows), "heldout_prompts": len(held_rows), "eval_prompts": len(eval_rows),
+              "prompts_cut": sum(e[1] for e in enc)}
+
+    def save() -> None:
+        meta = {"stage": "ppo", "variant": pc.variant, "update": update, "reference": str(sft), "reward_model": str(rm_dir) if use_rm else None,
+                "reward": pc.reward, "value": pc.value, "kl_estimator": pc.kl_estimator, "beta": kl_ctl.beta,
+                "reward_norm": scorer.norm, "ptx_coef": pc.ptx_coef, "last": history[-1] if history else None,
+                "format": "prompt\\nAnswer: response<|endoftext|>", "config": OmegaConf.to_container(cfg, resolve=True)}
+        state = {"policy_opt": policy_opt.state_dict(), "value_opt": value_opt.state_dict(), "update": update, "history": history,
+                 "evals": evals, "beta": kl_ctl.beta, "reward_norm": scorer.norm}
+        save_checkpoint(out_dir, policy, meta, tokenizer_path=sft_tok, trainer_state=state,
+                        extra_tensors=critic_tensors(critic, learner.shared))
+
+    def run_eval() -> dict:
+        if not eval_rows:
+            return {}
+        e = {"update": update, **evaluate(policy, tok, eval_rows, eval_ids, scorer, pc, device)}
+        evals.append(e)
+        tracking.log_metrics({f"eval/{k}": v for k, v in e.items() if k != "update" and v is not None}, step=update)
+        return e
+
+    if update == 0 and not evals:
+        run_eval()
+    timing = {"rollout_s": 0.0, "score_s": 0.0, "train_s": 0.0}
+    timed = 0
+    while update < pc.updates:
+        t0 = time.perf_counter()
+        idx = episode_prompts(pc.seed, update, pc.episodes, len(train_rows))
+        rows = [train_rows[i] for i in idx]
+        prompts = [prompt_ids[i] for i in idx]
+        out = respond(policy, tok, prompts, pc.max_new_tokens, temperature=pc.temperature, batch_size=pc.episodes,
+                      generator=generator(pc.seed, SAMPLE, update, device))
+        batch = make_batch(rows, prompts, out, tok.pad_id, device)
+        t1 = time.perf_counter()
+        policy.eval()
+        critic.eval()
+        score = scorer(batch)
+        beta = kl_ctl.beta
+        rec = {"update": update + 1, "episodes": (update + 1) * pc.episodes, "beta": beta,
+               "rm_score": finite_or_none(batch.data["rm_score"].mean().item()),
+               "oracle_score": batch.data["oracle_score"].mean().item(),
+               **experience(batch, policy, ref, critic, score, pc, beta)}
+        t2 = time.perf_counter()
+        rec.update(train_update(learner, batch, pc, update, ptx))
+        t3 = time.perf_counter()
+        kl_ctl.update(rec["kl"], pc.episodes)
+        update += 1
+        timing["rollout_s"] += t1 - t0
+        timing["score_s"] += t2 - t1
+        timing["train_s"] += t3 - t2
+        timed += 1
+        if (pc.eval_every and update % pc.eval_every == 0) or update == pc.updates:
+            e = run_eval()
+            rec.update({f"eval_{k}": v for k, v in e.items() if k != "update"})
+        history.append(rec)
+        tracking.log_metrics({f"ppo/{k}": v for k, v in rec.items() if k != "update" and v is not None and math.isfinite(v)}
+                             | {"time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2}, step=update)
+        if pc.samples_every and update % pc.samples_every == 0:
+            log_samples(batch, update, pc.n_samples)
+        if pc.progress:
+            ev = f" | eval oracle {rec['eval_oracle_score']:.3f}" if "eval_oracle_score" in rec else ""
+            rm_s = "-" if rec["rm_score"] is None else f"{rec['rm_score']:.3f}"
+            print(f"ppo[{pc.variant}] update {update}/{pc.updates} rm {rm_s} oracle {rec['oracle_score']:.3f} "
+                  f"kl {rec['kl']:.3f} ent {rec['entropy']:.3f} clip {rec['clip_frac']:.3f} len {rec['response_len']:.1f} "
+                  f"({t1 - t0:.1f}+{t2 - t1:.1f}+{t3 - t2:.1f} s){ev}", file=sys.stderr, flush=True)
+        if pc.ckpt_every and update % pc.ckpt_every == 0 and update < pc.updates:
+            save()
+    save()
+
+    tail = history[-max(1, len(history) // 10):] if history else []
+    metrics = {
+        "variant": pc.variant, "reward": pc.reward, "value": pc.value, "kl_estimator": pc.kl_estimator,
+        "ptx_coef": pc.ptx_coef, "updates": update, "episodes": update * pc.episodes, "beta": kl_ctl.beta,
+        "reward_norm": scorer.norm, "prompts": counts,
+        "final": {k: sum(h[k] for h in tail) / len(tail) for k in CURVE[2:CURVE.index("eval_oracle_score")]
+                  if tail and all(h.get(k) is not None for h in tail)},
+        "eval": {"before": evals[0] if evals else None, "after": evals[-1] if evals else None},
+        "seconds_per_update": {k: v / timed for k, v in timing.items()} if timed else None,
+    }
+    atomic_write_json(metrics_dir / f"{pc.variant}.json", metrics)
+    write_curve(metrics_dir / f"{pc.variant}_curve.csv", history)
+    return metrics
+
+
+def run(cfg) -> dict:
+    pc = resolve_variant(cfg.ppo)
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if pc.threads > 0:
+        torch.set_num_threads(pc.threads)
+    try:
+        with tracking.stage_run(cfg, "ppo", sections=["ppo", "seed"], run_name=pc.variant):
+            t0 = time.perf_counter()
+            metrics = train(cfg, pc, device)
+            metrics["seconds"] = time.perf_counter() - t0
+            atomic_write_json(Path(pc.metrics_dir) / f"{pc.variant}.json", metrics)
+            tracking.log_metrics({f"final/{k}": v for k, v in tracking.flatten(metrics).items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+            if cfg.tracking.log_checkpoints:
+                tracking.log_checkpoint(Path(pc.models_dir) / pc.variant)
+    finally:
+        torch.set_num_threads(threads)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,501 @@
+"""train_rm stage: InstructGPT step 2 (Ouyang et al. 2022, §3.5), the reward model.
+
+    python -m tasks.train_rm                                   # conf/ defaults
+    python -m tasks.train_rm experiment=smoke train_rm.epochs=1   # tiny CPU run, seconds
+
+Reads the rankings of `collect_rankings` (`rankings_file`: one row per prompt, K responses and
+the labeler's order best first), the prompts' `kind` and `meta` (`instructions_dir/
+rl_prompts.jsonl`, what the oracle reads) and the SFT demonstrations (`bias_file`). Trains
+`model.reward.RewardModel` from the SFT checkpoint (`init`) and writes `out_dir` (the RM
+checkpoint; meta.json "reward" holds bias and std) and `metrics_file`.
+
+What it keeps from the paper, and how:
+- the K-way loss (`model.instruct.ranking_loss`): all C(K,2) comparisons of one prompt are ONE
+  batch element and each of its K responses is forwarded once; a batch is `batch_size`
+  prompts. Shuffling single pairs across the data set overfits (the paper, §3.5);
+- few epochs (the paper: one, it overfits beyond); `patience` > 0 stops early on a validation
+  split carved from the TRAINING prompts, and the best epoch by that split is kept;
+- after training, the bias: the mean raw score of the SFT demonstrations, so they score 0 on
+  average; and the std of raw scores over the rankings' candidates (SFT samples), for PPO to
+  normalise with (`RewardModel.normalized`).
+
+Splits are BY PROMPT (never a prompt's pairs on both sides): a prompt is held out when a hash
+of (split_seed, id) falls under `heldout_fraction`, so appending rankings never moves a prompt
+between splits. The held-out split is only ever measured, never selected on.
+
+Metrics (`metrics_file`): pairwise accuracy against the labels (train, held-out); against the
+NOISELESS oracle (`tasks.world.oracle.score`) on held-out pairs whose true scores differ; the
+ceiling, two independent oracle labelers at `labeler_noise` ranking the same held-out
+candidates; the share of held-out pairs whose true scores tie (a labeler orders those at
+random); all of it per instruction kind; the reward margin; the bias and std.
+
+A response too long for the window even with `MIN_PROMPT_TOKENS` of prompt is dropped from its
+ranking (the order of the rest is kept); a prompt left with fewer than two is skipped. Both
+are counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from model import GPT
+from model.instruct import encode_example, encode_prompt, pad_right, ranking_loss, response_targets
+from model.reward import RewardModel, pack
+from model.tokenizer import Tokenizer
+from tasks import tracking
+from tasks.common import InputError, atomic_write_json, read_jsonl, resolve_device, stage_main
+from tasks.world import oracle
+
+
+@dataclass
+class TrainRMConfig:
+    rankings_file: str = "data/rankings/rankings.parquet"  # collect_rankings' output: id, kind, prompt, responses, ranking
+    instructions_dir: str = "data/raw/instructions"  # rl_prompts.jsonl (kind, meta by id) and the bias file
+    bias_file: str = "sft_val.jsonl"  # demonstrations (in instructions_dir) that score 0 on average after training
+    init: str = "models/sft"  # checkpoint folder (with tokenizer.json) the RM's trunk starts from
+    out_dir: str = "models/rm"  # the RM checkpoint folder
+    metrics_file: str = "metrics/train_rm.json"  # final metrics (DVC metrics)
+    heldout_fraction: float = 0.2  # share of prompts held out for the final numbers (never selected on)
+    val_fraction: float = 0.0  # share of prompts (outside held-out) for early stopping; 0 = none
+    split_seed: int = 1337  # seeds the by-prompt split (hash of seed and prompt id)
+    epochs: int = 1  # passes over the training prompts (the paper: 1; more overfits)
+    patience: int = 0  # epochs without a better val accuracy before stopping; 0 = off (needs val_fraction > 0)
+    batch_size: int = 8  # prompts per optimizer step (all C(K,2) pairs of a prompt are one element)
+    lr: float = 1e-4  # peak learning rate
+    warmup_fraction: float = 0.05  # share of all steps in linear warm-up, then cosine decay to min_lr
+    min_lr: float = 0.0  # end of the cosine decay
+    weight_decay: float = 0.01  # AdamW decay on matmul weights (and the head's weight)
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    dropout: float = 0.0  # trunk dropout (embeddings, attention, residual branches) while training
+    head_dropout: float = 0.0  # dropout on the last-token state before the head, while training
+    sft_coef: float = 0.0  # EXPERIMENT aux SFT loss on sft_file demonstrations
+    sft_file: str = "sft_train.jsonl"
+    sft_batch_size: int = 16
+    pack: bool = True  # training forwards each prompt once with its K responses (tree attention mask)
+    max_len: int = -1  # tokens per prompt + response; -1 = the trunk's block_size (the prompt is left-cut)
+    eval_batch_size: int = 64  # prompts per forward pass when scoring
+    labeler_noise: float = 0.09  # the oracle labelers' noise for the agreement ceiling (data.oracle_noise)
+    seed: int = 1337  # head init, dropout, data order, labeler-agreement sampling
+    threads: int = 1  # torch CPU threads; 0 = torch's default (one per core)
+    log_every: int = 10  # optimizer steps between train-loss logs
+    progress: bool = True  # one line per epoch on stderr
+
+
+# --- input -------------------------------------------------------------------------------------
+
+COLUMNS = ("id", "kind", "prompt", "responses", "ranking")
+
+
+@dataclass
+class Item:
+    """One ranked prompt, encoded: rows[i] = prompt + responses[keep[i]] + EOS; order = the
+    labeler's ranking over rows (best first)."""
+
+    id: str
+    kind: str
+    prompt: str
+    responses: list[str]  # the kept responses, in row order
+    sources: list[str]  # who wrote each kept response ("sft T=1.0"); "" when the table has no sources
+    rows: list[list[int]]
+    n_prompt: list[int]  # rows[i][:n_prompt[i]] is the (left-cut) prompt, the rest response + EOS
+    prompt_ids: list[int]  # the prompt cut to leave room for the longest response (packed rows)
+    order: list[int]
+    instruction: dict  # the rl_prompts row: kind and meta for the oracle
+
+    def true_scores(self) -> list[float]:
+        """The noiseless oracle's score of every response (computed once)."""
+        if not hasattr(self, "_true"):
+            self._true = [oracle.score(self.instruction, y) for y in self.responses]
+        return self._true
+
+
+def read_rankings(path: Path):
+    """The rankings table, validated row by row (InputError naming file and row)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError(f"{path}: not found (run the collect_rankings stage first)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise InputError(f"{path}: not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+    if df.empty:
+        raise InputError(f"{path}: no rows")
+    for r, row in enumerate(df.itertuples(index=False), start=1):
+        where = f"{path}: row {r}"
+        if not isinstance(row.id, str) or not isinstance(row.prompt, str) or not isinstance(row.kind, str):
+            raise InputError(f"{where}: 'id', 'kind' and 'prompt' must be strings")
+        responses, ranking = row.responses, row.ranking
+        if responses is None or not all(isinstance(x, str) for x in responses):
+            raise InputError(f"{where} ({row.id}): 'responses' must be a list of strings")
+        k = len(responses)
+        if k < 2:
+            raise InputError(f"{where} ({row.id}): {k} response(s); a ranking needs at least 2")
+        try:
+            ranking = [int(x) for x in ranking] if ranking is not None else None
+        except (TypeError, ValueError):
+            ranking = None
+        if ranking is None or sorted(ranking) != list(range(k)):
+            shown = None if row.ranking is None else [x.item() if hasattr(x, "item") else x for x in row.ranking]
+            raise InputError(f"{where} ({row.id}): ranking {shown} is not a permutation of 0..{k - 1}")
+    return df
+
+
+def split_of(pid: str, seed: int, heldout: float, val: float) -> str:
+    """'heldout' | 'val' | 'train' for a prompt id: a pure function of (seed, id)."""
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{pid}".encode()).digest()[:8], "big") / 2**64
+    return "heldout" if u < heldout else "val" if u < heldout + val else "train"
+
+
+def encode_items(df, path: Path, instructions: dict[str, dict], tok: Tokenizer, max_len: int) -> tuple[list[Item], dict]:
+    """Encode every ranked prompt; responses that cannot fit are dropped from their ranking."""
+    items, dropped, skipped = [], 0, 0
+    for r, row in enumerate(df.itertuples(index=False), start=1):
+        ins = instructions.get(row.id)
+        if ins is None:
+            raise InputError(f"{path}: row {r}: prompt id {row.id!r} is not in rl_prompts.jsonl (the oracle needs its meta)")
+        enc = [encode_example(tok, row.prompt, resp, max_len) for resp in row.responses]
+        sources = getattr(row, "sources", None)
+        sources = list(sources) if sources is not None and len(sources) == len(enc) else [""] * len(enc)
+        keep = [i for i, e in enumerate(enc) if e is not None]
+        dropped += len(enc) - len(keep)
+        if len(keep) < 2:
+            skipped += 1
+            continue
+        at = {i: j for j, i in enumerate(keep)}
+        # packed rows hold the prompt once: cut to leave room for the longest response
+        prompt_ids, _ = encode_prompt(tok, row.prompt, max_len - max(len(enc[i][0]) - enc[i][1] for i in keep))
+        items.append(
+            Item(
+                id=row.id,
+                kind=row.kind,
+                prompt=row.prompt,
+                responses=[row.responses[i] for i in keep],
+                sources=[str(sources[i]) for i in keep],
+                rows=[enc[i][0] for i in keep],
+                n_prompt=[enc[i][1] for i in keep],
+                prompt_ids=prompt_ids,
+                order=[at[int(i)] for i in row.ranking if int(i) in at],
+                instruction=ins,
+            )
+        )
+    return items, {"dropped_responses": dropped, "skipped_prompts": skipped}
+
+
+# --- scoring and metrics -----------------------------------------------------------------------
+
+
+def forward_items(model: RewardModel, items: list[Item], pad_id: int, device: str, packed: bool = False) -> list[torch.Tensor]:
+    """Raw rewards of every response of `items` -> one (K,) tensor per item. Each response is
+    forwarded once: one row per response, or with `packed` one row per prompt holding the
+    prompt once and its K responses (`model.reward.pack`)."""
+    if packed:
+        p = pack([it.prompt_ids for it in items], [[r[n:] for r, n in zip(it.rows, it.n_prompt)] for it in items], pad_id)
+        p.ids, p.positions, p.segments, p.last = (x.to(device) for x in (p.ids, p.positions, p.segments, p.last))
+        r = model.forward_packed(p)
+    else:
+        ids, lengths = pad_right([row for it in items for row in it.rows], pad_id)
+        r = model(ids.to(device), lengths.to(device))
+    return list(r.split([len(it.rows) for it in items]))
+
+
+def items_loss(rewards: list[torch.Tensor], items: list[Item]) -> tuple[torch.Tensor, float, int]:
+    """The K-way loss averaged over prompts (prompts of equal K batched through `ranking_loss`).
+    -> (loss, pairs ordered right, pairs)."""
+    by_k = defaultdict(list)
+    for i, it in enumerate(items):
+        by_k[len(it.rows)].append(i)
+    loss, right, pairs = 0.0, 0.0, 0
+    for k, idx in by_k.items():
+        r = torch.stack([rewards[i] for i in idx])  # (B_k, K)
+        order = torch.tensor([items[i].order for i in idx], device=r.device)  # (B_k, K)
+        lk, stats = ranking_loss(r, order)
+        n_pairs = len(idx) * k * (k - 1) // 2
+        loss = loss + lk * len(idx)
+        right += stats["acc"].item() * n_pairs
+        pairs += n_pairs
+    return loss / len(items), right, pairs
+
+
+@torch.no_grad()
+def score_items(model: RewardModel, items: list[Item], pad_id: int, device: str, batch_size: int) -> list[list[float]]:
+    """Raw rewards of every response, eval mode, prompts batched by length (less padding)."""
+    model.eval()
+    out: list[list[float]] = [[] for _ in items]
+    # packed rows compute exactly the unpacked ones when no response needed a shorter prompt
+    same = [all(n == len(it.prompt_ids) for n in it.n_prompt) for it in items]
+    for packed in (True, False):
+        order = sorted((i for i in range(len(items)) if same[i] == packed), key=lambda i: max(map(len, items[i].rows)))
+        for s in range(0, len(order), batch_size):
+            ids = order[s : s + batch_size]
+            for i, r in zip(ids, forward_items(model, [items[i] for i in ids], pad_id, device, packed)):
+                out[i] = r.float().cpu().tolist()
+    return out
+
+
+def source_group(source: str) -> str:
+    """The policy part of a candidate's source ("sft T=1.2" -> "sft"), for per-source metrics."""
+    return source.split(" T=")[0] or "unknown"
+
+
+def pair_metrics(items: list[Item], rewards: list[list[float]], with_oracle: bool) -> dict:
+    """Pairwise accuracy, margin and loss against the labels, overall, per kind and per pair of
+    sources (e.g. "sft", "sft+world"); with_oracle: also against the noiseless oracle on pairs
+    whose true scores differ, and the share of label pairs whose true scores tie."""
+    acc = defaultdict(lambda: [0, 0])  # group -> [right, pairs]
+    oracle_acc = defaultdict(lambda: [0, 0])
+    ties = [0, 0]
+    margin, loss = 0.0, 0.0
+    for it, r in zip(items, rewards):
+        true = it.true_scores() if with_oracle else None
+        for a in range(len(it.order)):
+            for b in range(a + 1, len(it.order)):
+                w, l = it.order[a], it.order[b]
+                d = r[w] - r[l]
+                src = "+".join(sorted({source_group(it.sources[w]), source_group(it.sources[l])}))
+                groups = ("all", ("kind", it.kind), ("source", src))
+                for g in groups:
+                    acc[g][0] += d > 0
+                    acc[g][1] += 1
+                margin += d
+                loss += max(-d, 0.0) + math.log1p(math.exp(-abs(d)))  # -log sigmoid(d), stable
+                if true is None:
+                    continue
+                ties[1] += 1
+                if true[w] == true[l]:
+                    ties[0] += 1
+                    continue
+                for g in groups:
+                    oracle_acc[g][0] += (d > 0) == (true[w] > true[l])
+                    oracle_acc[g][1] += 1
+    n = acc["all"][1]
+    out = {"pairwise_acc": acc["all"][0] / n, "margin": margin / n, "loss": loss / n, "pairs": n, "prompts": len(items)}
+    if with_oracle:
+        out["oracle_acc"] = oracle_acc["all"][0] / max(1, oracle_acc["all"][1])
+        out["oracle_pairs"] = oracle_acc["all"][1]
+        out["tie_share"] = ties[0] / max(1, ties[1])
+    for by in ("kind", "source"):
+        out[f"by_{by}"] = {
+            g[1]: {"pairwise_acc": acc[g][0] / acc[g][1], "pairs": acc[g][1]}
+            | ({"oracle_acc": oracle_acc[g][0] / max(1, oracle_acc[g][1]), "oracle_pairs": oracle_acc[g][1]} if with_oracle else {})
+            for g in sorted(k for k in acc if k != "all" and k[0] == by)
+        }
+    return out
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total: int, rc: TrainRMConfig) -> float:
+    """Linear warm-up over warmup_fraction of the steps, then cosine decay to min_lr."""
+    warmup = max(1, round(rc.warmup_fraction * total))
+    if step < warmup:
+        return rc.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return rc.min_lr + 0.5 * (rc.lr - rc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_model(rc: TrainRMConfig, device: str) -> tuple[RewardModel, Path]:
+    init = Path(rc.init)
+    tok_path = init / "tokenizer.json"
+    if not tok_path.is_file():
+        raise InputError(f"{init}: no tokenizer.json (train_rm.init must be a checkpoint of this project)")
+    gpt = GPT.from_pretrained(init, dropout=rc.dropout)
+    torch.manual_seed(rc.seed)
+    return RewardModel(gpt.float(), dropout=rc.head_dropout).to(device), tok_path
+
+
+def train(
+    model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], pad_id: int, device: str,
+    demos: list[tuple[list[int], int]] | None = None,
+) -> list[dict]:
+    """The K-way loss over `splits['train']` for `epochs` (early stopping on 'val' with
+    `patience`); per-epoch accuracies. The model ends with the weights of the best epoch."""
+    opt = model.gpt.configure_optimizers(rc.weight_decay, rc.lr, (0.9, 0.999), "cuda" if device.startswith("cuda") else "cpu")
+    opt.add_param_group({"params": [model.head.weight], "weight_decay": rc.weight_decay})
+    opt.add_param_group({"params": [model.head.bias], "weight_decay": 0.0})
+    data = splits["train"]
+    steps_per_epoch = math.ceil(len(data) / rc.batch_size)
+    total = rc.epochs * steps_per_epoch
+    g = torch.Generator().manual_seed(rc.seed)
+    history, step, t0 = [], 0, time.perf_counter()
+    best, best_state, waited = -1.0, None, 0
+    for epoch in range(1, rc.epochs + 1):
+        model.train()
+        perm = torch.randperm(len(data), generator=g).tolist()
+        loss_sum, right, pairs = 0.0, 0.0, 0
+        for s in range(0, len(data), rc.batch_size):
+            batch = [data[i] for i in perm[s : s + rc.batch_size]]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, rc)
+            loss, r, n = items_loss(forward_items(model, batch, pad_id, device, rc.pack), batch)
+            if rc.sft_coef > 0 and demos:
+                picked = torch.randint(len(demos), (rc.sft_batch_size,), generator=g).tolist()
+                ids, lengths = pad_right([demos[i][0] for i in picked], pad_id)
+                targets = response_targets(ids, lengths, torch.tensor([demos[i][1] for i in picked]))
+                _, lm = model.gpt(ids.to(device), targets.to(device))
+                loss = loss + rc.sft_coef * lm
+            if not math.isfinite(loss.item()):
+                raise InputError(f"train_rm: non-finite loss at step {step + 1}; lower train_rm.lr")
+            loss.backward()
+            if rc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), rc.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            loss_sum += loss.item() * len(batch)
+            right, pairs = right + r, pairs + n
+            if step % max(1, rc.log_every) == 0:
+                tracking.log_metrics({"train/loss": loss.item(), "train/lr": lr_at(step - 1, total, rc)}, step=step)
+        rec = {"epoch": epoch, "step": step, "train_loss": loss_sum / len(data), "train_acc": right / pairs}
+        for split in ("val", "heldout"):
+            if splits[split]:
+                m = pair_metrics(splits[split], score_items(model, splits[split], pad_id, device, rc.eval_batch_size), True)
+                rec[f"{split}_acc"], rec[f"{split}_loss"], rec[f"{split}_oracle_acc"] = m["pairwise_acc"], m["loss"], m["oracle_acc"]
+        rec["time_s"] = time.perf_counter() - t0
+        history.append(rec)
+        tracking.log_metrics({f"epoch/{k}": v for k, v in rec.items() if k != "epoch"}, step=epoch)
+        if rc.progress:
+            shown = " ".join(f"{k} {v:.3f}" for k, v in rec.items() if k not in ("epoch", "step", "time_s"))
+            print(f"train_rm epoch {epoch}/{rc.epochs}: {shown} ({rec['time_s']:.1f}s)", file=sys.stderr, flush=True)
+        if rc.patience > 0 and splits["val"]:
+            if rec["val_acc"] > best:
+                best, best_state, waited = rec["val_acc"], copy.deepcopy(model.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= rc.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def demonstrations(rc: TrainRMConfig, tok: Tokenizer, max_len: int, name: str | None = None) -> list[tuple[list[int], int]]:
+    """(ids, n_prompt) of every demonstration of the bias file that fits the window."""
+    path = Path(rc.instructions_dir) / (name or rc.bias_file)
+    rows = read_jsonl(path)
+    out = []
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
+            raise InputError(f"{path}: row {i}: needs string fields 'prompt' and 'response' (a demonstration)")
+        enc = encode_example(tok, row["prompt"], row["response"], max_len)
+        if enc is not None:
+            out.append(enc[:2])
+    if not out:
+        raise InputError(f"{path}: no demonstration fits the window of {max_len} tokens")
+    return out
+
+
+@torch.no_grad()
+def score_rows(model: RewardModel, rows: list[tuple[list[int], int]], pad_id: int, device: str, batch_size: int) -> torch.Tensor:
+    """Raw rewards of (ids, n_prompt) rows, eval mode."""
+    model.eval()
+    out = []
+    for s in range(0, len(rows), batch_size):
+        ids, lengths = pad_right([r for r, _ in rows[s : s + batch_size]], pad_id)
+        out.append(model(ids.to(device), lengths.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def run(cfg) -> dict:
+    rc: TrainRMConfig = OmegaConf.to_object(cfg.train_rm)
+    if rc.threads > 0:
+        torch.set_num_threads(rc.threads)
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    path = Path(rc.rankings_file)
+    df = read_rankings(path)
+    rl_path = Path(rc.instructions_dir) / "rl_prompts.jsonl"
+    instructions = {row.get("id"): row for row in read_jsonl(rl_path)}
+    model, tok_path = build_model(rc, device)
+    tok = Tokenizer.load(tok_path)
+    max_len = min(rc.max_len, model.gpt.config.block_size) if rc.max_len > 0 else model.gpt.config.block_size
+    items, counts = encode_items(df, path, instructions, tok, max_len)
+    demos = demonstrations(rc, tok, max_len)
+    splits = {"train": [], "val": [], "heldout": []}
+    for it in items:
+        splits[split_of(it.id, rc.split_seed, rc.heldout_fraction, rc.val_fraction)].append(it)
+    if not splits["train"]:
+        raise InputError(f"{path}: no training prompts after the split (heldout_fraction={rc.heldout_fraction}, val_fraction={rc.val_fraction})")
+
+    with tracking.stage_run(cfg, "train_rm", sections=["train_rm", "seed"]):
+        log_dataset(df, path)
+        aux = demonstrations(rc, tok, max_len, rc.sft_file) if rc.sft_coef > 0 else None
+        history = train(model, rc, splits, tok.pad_id, device, aux)
+        train_time = time.perf_counter() - t_start
+
+        # the paper's normalisation: demonstrations average 0; the spread of the SFT samples
+        model.bias = score_rows(model, demos, tok.pad_id, device, rc.eval_batch_size * 4).mean().item()
+        scored = {s: score_items(model, v, tok.pad_id, device, rc.eval_batch_size) for s, v in splits.items()}
+        samples = torch.tensor([x for rs in scored.values() for r in rs for x in r])
+        model.std = max(samples.std().item(), 1e-6)
+
+        metrics = {
+            "train": pair_metrics(splits["train"], scored["train"], False),
+            "heldout": pair_metrics(splits["heldout"], scored["heldout"], True) if splits["heldout"] else {},
+            "reward": {"bias": model.bias, "std": model.std, "demonstrations": len(demos), "samples": len(samples)},
+            "data": {"prompts": len(df), **{f"{s}_prompts": len(v) for s, v in splits.items()}, **counts},
+            "epochs_run": len(history),
+            "time_s": train_time,
+        }
+        if splits["val"]:
+            metrics["val"] = pair_metrics(splits["val"], scored["val"], False)
+        if splits["heldout"]:
+            rng = random.Random(rc.seed)
+            ho = splits["heldout"]
+            metrics["heldout"]["labeler_agreement"] = oracle.labeler_agreement(
+                [it.instruction for it in ho], [it.responses for it in ho], rc.labeler_noise, rng
+            )
+        reward_meta = {
+            "normalized": "(raw - bias) / std",
+            "bias_measured_on": f"mean raw score of {len(demos)} demonstrations of {Path(rc.instructions_dir) / rc.bias_file}",
+            "std_measured_on": f"std of raw scores of {len(samples)} candidate responses of {path}",
+        }
+        meta = {
+            "stage": "train_rm",
+            "init": rc.init,
+            "metrics": metrics,
+            "history": history,
+            "reward": reward_meta,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        model.save(rc.out_dir, meta, tokenizer_path=tok_path)
+        atomic_write_json(rc.metrics_file, metrics)
+        flat = tracking.flatten(metrics)
+        tracking.log_metrics({f"final/{k}": v for k, v in flat.items()})
+        if cfg.tracking.log_checkpoints:
+            tracking.log_checkpoint(rc.out_dir)
+    return flat
+
+
+def log_dataset(df, path: Path) -> None:
+    """The rankings table as the run's MLflow dataset input (digest, schema, source path)."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    if mlflow.active_run() is None:
+        return
+    with warnings.catch_warnings():  # a local path matches two registered source types alike
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(path.resolve()))
+    mlflow.log_input(mlflow.data.from_pandas(df, source=source, name="rankings"), context="training")
+
+
+if __name__ == "__main__":
+    stage_main(run)
