@@ -7,6 +7,14 @@ Architecture choices:
   instruction format (`model.instruct`) is the EOS that ends the response. Rows are
   right-padded (`model.instruct.pad_right`), so that position is `lengths - 1` and padding
   after it cannot change it (causal attention never looks right);
+- optionally (`lm_scale`, on by default in `train_rm`) the likelihood feature: the reward adds
+  lm_scale × the mean log-probability the trunk's own (tied) LM head gives the response's
+  tokens (all but the first; the EOS included), lm_scale learned with the rest. Measured on the
+  world: the SFT trunk's likelihood alone orders 78% of the differing pairs like the oracle,
+  an EOS head trained on the same rankings 55-70%; the rubric's checks (subject words, mood,
+  the story's fact) are comparisons of the response with the prompt, which the SFT trunk
+  already makes when it predicts the response and an EOS state of a 1M-parameter model does
+  not learn from a few thousand comparisons;
 - `scores` gives the head's output at every position: the per-token values a PPO value model
   initialised from this one needs (any padding the trunk supports: right, left with
   `attention_mask`, or a 4-D mask with position ids).
@@ -19,7 +27,7 @@ Normalisation (what PPO consumes), both numbers stored in the checkpoint's meta.
   rankings' candidates), the reference policy's spread (lm-human-preferences normalises the
   reward's scale on samples of the reference policy "so the KL coefficient always has the
   same meaning");
-- `normalized(ids, lengths) = (forward(ids, lengths) - bias) / std`: demonstrations average 0
+- `normalized(ids, lengths, n_prompt) = (forward(...) - bias) / std`: demonstrations average 0
   and one unit is one standard deviation of the SFT policy's rewards. PPO's reward is this.
 """
 
@@ -83,7 +91,7 @@ def pack(prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int
 class RewardModel(nn.Module):
     """r(x, y): GPT trunk -> dropout -> Linear(C, 1) at the response's last token (EOS)."""
 
-    def __init__(self, gpt: GPT, dropout: float = 0.0, bias: float = 0.0, std: float = 1.0):
+    def __init__(self, gpt: GPT, dropout: float = 0.0, bias: float = 0.0, std: float = 1.0, lm_scale: float | None = None):
         super().__init__()
         self.gpt = gpt
         self.p = dropout
@@ -92,31 +100,58 @@ class RewardModel(nn.Module):
         nn.init.normal_(self.head.weight, std=1 / (gpt.config.n_embd + 1) ** 0.5)  # lm-human-preferences
         nn.init.zeros_(self.head.bias)
         self.bias, self.std = float(bias), float(std)
+        # the likelihood feature: + lm_scale * the mean log-probability the trunk's own LM head gives
+        # the response's tokens (all but the first; EOS included). None = the plain EOS head.
+        self.lm_scale = None if lm_scale is None else nn.Parameter(torch.tensor(float(lm_scale)))
+
+    def _lm_feature(self, h: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Mean log p(ids[r, t + 1]) over the positions t with keep[m, t], for each m with row rows[m].
+        h: (B, T, C) trunk states; keep: (M, T - 1) bool."""
+        logp = torch.log_softmax(self.gpt.lm_head(h[:, :-1]).float(), dim=-1)  # (B, T-1, vocab)
+        lp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)[rows]  # (M, T-1) log p of each next token
+        return (lp * keep).sum(1) / keep.sum(1).clamp(min=1)
 
     def scores(self, ids: torch.Tensor, **trunk_kwargs) -> torch.Tensor:
         """Raw head output at every position (N, T); `trunk_kwargs` go to `GPT.hidden_states`."""
         h = self.gpt.hidden_states(ids, **trunk_kwargs)  # (N, T, C)
         return self.head(self.dropout(h)).squeeze(-1)  # (N, T)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Raw rewards (N,) of right-padded rows ids (N, T) with `lengths` real tokens each,
-        read at each row's last real token (ids[i, lengths[i] - 1], the EOS)."""
+        read at each row's last real token (ids[i, lengths[i] - 1], the EOS). With the likelihood
+        feature, `n_prompt` (N,) says where each response starts."""
         h = self.gpt.hidden_states(ids)  # (N, T, C)
-        last = h[torch.arange(ids.size(0), device=ids.device), lengths - 1]  # (N, C)
-        return self.head(self.dropout(last)).squeeze(-1)  # (N,)
+        rows = torch.arange(ids.size(0), device=ids.device)
+        r = self.head(self.dropout(h[rows, lengths - 1])).squeeze(-1)  # (N,)
+        if self.lm_scale is None:
+            return r
+        if n_prompt is None:
+            raise ValueError("this reward model reads the response's likelihood: pass n_prompt")
+        t = torch.arange(ids.size(1) - 1, device=ids.device)[None, :]
+        keep = (t >= n_prompt[:, None].to(ids.device)) & (t < lengths[:, None] - 1)  # t and t + 1 in the response
+        return r + self.lm_scale * self._lm_feature(h, ids, rows, keep)
 
     def forward_packed(self, packed: Packed) -> torch.Tensor:
         """Raw rewards (M,) of the responses of `pack` rows, in packing order: each row holds a
         prompt once and its responses after it, each response seeing only the prompt and itself."""
         h = self.gpt.hidden_states(packed.ids, attention_mask=packed.mask(), position_ids=packed.positions)  # (B, T, C)
-        return self.head(self.dropout(h[packed.last[:, 0], packed.last[:, 1]])).squeeze(-1)  # (M,)
+        r = self.head(self.dropout(h[packed.last[:, 0], packed.last[:, 1]])).squeeze(-1)  # (M,)
+        if self.lm_scale is None:
+            return r
+        seg = packed.segments[packed.last[:, 0]]  # (M, T) the segments of each response's row
+        k = seg.gather(1, packed.last[:, 1:2])  # (M, 1) the response's own segment
+        keep = (seg[:, :-1] == k) & (seg[:, 1:] == k)  # t and t + 1 in the response, as in `forward`
+        return r + self.lm_scale * self._lm_feature(h, packed.ids, packed.last[:, 0], keep)
 
-    def normalized(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def normalized(self, ids: torch.Tensor, lengths: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """(raw - bias) / std: SFT demonstrations average 0, the SFT policy's spread is 1."""
-        return (self(ids, lengths) - self.bias) / self.std
+        return (self(ids, lengths, n_prompt) - self.bias) / self.std
 
     def head_tensors(self) -> dict[str, torch.Tensor]:
-        return {HEAD_PREFIX + k: v for k, v in self.head.state_dict().items()}
+        out = {HEAD_PREFIX + k: v for k, v in self.head.state_dict().items()}
+        if self.lm_scale is not None:
+            out[HEAD_PREFIX + "lm_scale"] = self.lm_scale.detach().reshape(1)
+        return out
 
     def save(self, path, meta: dict, *, tokenizer_path=None, trainer_state: dict | None = None) -> Path:
         """A checkpoint folder: the trunk as any GPT checkpoint, the head in heads.safetensors,
@@ -132,9 +167,11 @@ class RewardModel(nn.Module):
         ckpt = load_checkpoint(path, device=device)
         rm_meta = ckpt.meta.get("reward")
         head = {k[len(HEAD_PREFIX) :]: v for k, v in ckpt.extra_tensors.items() if k.startswith(HEAD_PREFIX)}
-        if not isinstance(rm_meta, dict) or not {"bias", "std"} <= set(rm_meta) or set(head) != {"weight", "bias"}:
+        if not isinstance(rm_meta, dict) or not {"bias", "std"} <= set(rm_meta) or set(head) - {"lm_scale"} != {"weight", "bias"}:
             raise CheckpointError(f"checkpoint {path}: not a reward model (meta.json 'reward' or the head tensors missing)")
-        model = cls(ckpt.model, rm_meta.get("dropout", 0.0) if dropout is None else dropout, rm_meta["bias"], rm_meta["std"])
+        lm_scale = head.pop("lm_scale", None)
+        model = cls(ckpt.model, rm_meta.get("dropout", 0.0) if dropout is None else dropout, rm_meta["bias"], rm_meta["std"],
+                    None if lm_scale is None else float(lm_scale.reshape(()).item()))
         model.head.load_state_dict(head)
         model.meta = ckpt.meta
         return model.to(device)

@@ -96,13 +96,17 @@ def rm_scores(rm: RewardModel, tok, prompts: list[str], responses: list[str], ba
     block = rm.gpt.config.block_size
     out = []
     for b in range(0, len(prompts), batch_size):
-        enc = []
+        enc, n_prompt = [], []
         for p, r in zip(prompts[b : b + batch_size], responses[b : b + batch_size]):
             e = encode_example(tok, p, r, block)
-            enc.append(e[0] if e is not None else (encode_prompt(tok, p)[0] + encode_response(tok, r))[-block:])
+            if e is None:  # a response longer than the window: its end, with almost no prompt
+                resp = encode_response(tok, r)[-(block - 1):]
+                e = (encode_prompt(tok, p)[0][-1:] + resp, 1, True)
+            enc.append(e[0])
+            n_prompt.append(e[1])
         ids, lengths = pad_right(enc, tok.pad_id)
         dev = next(rm.parameters()).device
-        out += rm.normalized(ids.to(dev), lengths.to(dev)).float().tolist()
+        out += rm.normalized(ids.to(dev), lengths.to(dev), torch.tensor(n_prompt, device=dev)).float().tolist()
     return out
 
 

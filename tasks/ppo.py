@@ -278,12 +278,12 @@ class Scorer:
         self.pc, self.rm, self.norm = pc, rm, norm
 
     @torch.no_grad()
-    def rm_scores(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.rm.normalized(ids, lengths).float() if self.rm is not None else torch.full((ids.size(0),), float("nan"))
+    def rm_scores(self, ids: torch.Tensor, lengths: torch.Tensor, n_prompt: torch.Tensor) -> torch.Tensor:
+        return self.rm.normalized(ids, lengths, n_prompt).float() if self.rm is not None else torch.full((ids.size(0),), float("nan"))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         d = batch.data
-        d["rm_score"] = self.rm_scores(batch.ids, batch.lengths).to(batch.ids.device)
+        d["rm_score"] = self.rm_scores(batch.ids, batch.lengths, batch.pos[:, 0] + 1).to(batch.ids.device)
         d["oracle_score"] = torch.tensor([oracle_score(r, t) for r, t in zip(batch.rows, batch.texts)], device=batch.ids.device)
         if self.pc.reward == "rm":
             score = d["rm_score"]

@@ -72,13 +72,14 @@ class TrainRMConfig:
     epochs: int = 1  # passes over the training prompts (the paper: 1; more overfits)
     patience: int = 0  # epochs without a better val accuracy before stopping; 0 = off (needs val_fraction > 0)
     batch_size: int = 8  # prompts per optimizer step (all C(K,2) pairs of a prompt are one element)
-    lr: float = 1e-4  # peak learning rate
+    lr: float = 3e-4  # peak learning rate
     warmup_fraction: float = 0.05  # share of all steps in linear warm-up, then cosine decay to min_lr
     min_lr: float = 0.0  # end of the cosine decay
     weight_decay: float = 0.01  # AdamW decay on matmul weights (and the head's weight)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     dropout: float = 0.0  # trunk dropout (embeddings, attention, residual branches) while training
     head_dropout: float = 0.0  # dropout on the last-token state before the head, while training
+    lm_feature: bool = True  # add the learned-scale mean log-likelihood of the response under the trunk (model/reward.py)
     sft_coef: float = 0.0  # EXPERIMENT aux SFT loss on sft_file demonstrations
     sft_file: str = "sft_train.jsonl"
     sft_batch_size: int = 16
@@ -209,7 +210,8 @@ def forward_items(model: RewardModel, items: list[Item], pad_id: int, device: st
         r = model.forward_packed(p)
     else:
         ids, lengths = pad_right([row for it in items for row in it.rows], pad_id)
-        r = model(ids.to(device), lengths.to(device))
+        n_prompt = torch.tensor([n for it in items for n in it.n_prompt])
+        r = model(ids.to(device), lengths.to(device), n_prompt.to(device))
     return list(r.split([len(it.rows) for it in items]))
 
 
@@ -316,7 +318,7 @@ def build_model(rc: TrainRMConfig, device: str) -> tuple[RewardModel, Path]:
         raise InputError(f"{init}: no tokenizer.json (train_rm.init must be a checkpoint of this project)")
     gpt = GPT.from_pretrained(init, dropout=rc.dropout)
     torch.manual_seed(rc.seed)
-    return RewardModel(gpt.float(), dropout=rc.head_dropout).to(device), tok_path
+    return RewardModel(gpt.float(), dropout=rc.head_dropout, lm_scale=1.0 if rc.lm_feature else None).to(device), tok_path
 
 
 def train(
@@ -407,7 +409,8 @@ def score_rows(model: RewardModel, rows: list[tuple[list[int], int]], pad_id: in
     out = []
     for s in range(0, len(rows), batch_size):
         ids, lengths = pad_right([r for r, _ in rows[s : s + batch_size]], pad_id)
-        out.append(model(ids.to(device), lengths.to(device)).float().cpu())
+        n_prompt = torch.tensor([n for _, n in rows[s : s + batch_size]])
+        out.append(model(ids.to(device), lengths.to(device), n_prompt.to(device)).float().cpu())
     return torch.cat(out)
 
 

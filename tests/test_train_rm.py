@@ -70,11 +70,11 @@ def write_rankings(root: Path, rows: list[dict]) -> Path:
     return path
 
 
-def tiny_rm(world, seed: int = 0) -> RewardModel:
+def tiny_rm(world, seed: int = 0, lm_scale: float | None = None) -> RewardModel:
     torch.manual_seed(seed)
     gpt = GPT(world["gpt"].config)
     gpt.load_state_dict(world["gpt"].state_dict())
-    return RewardModel(gpt)
+    return RewardModel(gpt, lm_scale=lm_scale)
 
 
 def items_of(world, n: int) -> list[train_rm.Item]:
@@ -131,13 +131,15 @@ def test_each_response_is_forwarded_once_per_batch(world, packed):
         assert sum(p[0] for p in passes) == 10 * K and sum(p[1] for p in passes) == sum(len(r) for it in items for r in it.rows)
 
 
-def test_packed_rows_score_like_unpacked_rows(world):
-    """A prompt once, K responses after it under the tree mask: the same rewards as K rows; and
-    scoring packs only prompts that no response needed cut, so it always matches K rows."""
+@pytest.mark.parametrize("lm_scale", [None, 0.7])
+def test_packed_rows_score_like_unpacked_rows(world, lm_scale):
+    """A prompt once, K responses after it under the tree mask: the same rewards as K rows (with
+    and without the likelihood feature); and scoring packs only prompts that no response needed
+    cut, so it always matches K rows."""
     items = items_of(world, 40)
     uncut = [it for it in items if all(len(it.prompt_ids) == n for n in it.n_prompt)]
     assert 5 <= len(uncut) < len(items)  # the tiny tokenizer makes some stories overflow the window
-    rm, pad = tiny_rm(world).eval(), world["tok"].pad_id
+    rm, pad = tiny_rm(world, lm_scale=lm_scale).eval(), world["tok"].pad_id
     with torch.no_grad():
         rows = train_rm.forward_items(rm, items, pad, "cpu", packed=False)
         packed = train_rm.forward_items(rm, uncut, pad, "cpu", packed=True)
@@ -218,7 +220,7 @@ def test_end_to_end_metrics_checkpoint_bias_and_mlflow(workspace, world):
     demos = train_rm.demonstrations(cfg.train_rm, tok, 128)
     ids, lengths = pad_right([r for r, _ in demos], tok.pad_id)
     with torch.no_grad():
-        assert abs(rm.eval().normalized(ids, lengths).mean().item()) < 1e-4
+        assert abs(rm.eval().normalized(ids, lengths, torch.tensor([n for _, n in demos])).mean().item()) < 1e-4
     items = items_of(world, 40)
     raw = torch.tensor([x for r in train_rm.score_items(rm, items, tok.pad_id, "cpu", 64) for x in r])
     assert raw.std().item() == pytest.approx(rm.std, rel=1e-4)
@@ -270,3 +272,22 @@ def test_missing_rankings_exit_2_with_one_line(workspace):
     lines = proc.stderr.strip().splitlines()
     assert lines == ["error: data/rankings/rankings.parquet: not found (run the collect_rankings stage first)"]
     assert not Path("models/rm").exists() and not Path("metrics").exists()
+
+
+def test_likelihood_feature_is_the_mean_response_log_prob(world):
+    """r = head(EOS state) + lm_scale * mean log p(response tokens after the first), by hand."""
+    from torch.nn import functional as F
+
+    items = items_of(world, 4)
+    rm_plain, rm_lm = tiny_rm(world), tiny_rm(world, lm_scale=0.5)
+    it = items[0]
+    ids, lengths = pad_right(it.rows, world["tok"].pad_id)
+    n_prompt = torch.tensor(it.n_prompt)
+    with torch.no_grad():
+        got = rm_lm(ids, lengths, n_prompt) - rm_plain(ids, lengths)
+        logp = F.log_softmax(rm_plain.gpt(ids), dim=-1)
+        for i, row in enumerate(it.rows):
+            lps = [logp[i, t, row[t + 1]].item() for t in range(it.n_prompt[i], len(row) - 1)]
+            assert got[i].item() == pytest.approx(0.5 * sum(lps) / len(lps), rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="pass n_prompt"):
+        rm_lm(ids, lengths)
