@@ -96,14 +96,14 @@ class PPOConfig:
     models_dir: str = "models"  # the checkpoint goes to {models_dir}/{variant}
     metrics_dir: str = "metrics/ppo"  # {variant}.json (final metrics) and {variant}_curve.csv (per update)
     reward: str = "rm"  # rm: the reward model's normalised score | oracle: the world's oracle (the gold-reward run)
-    value: str = "rm"  # value model: rm (separate, from the RM) | sft (separate, SFT trunk, zero head) | shared (head on the policy trunk)
+    value: str = "shared"  # value model: rm (separate, from the RM) | sft (separate, SFT trunk, zero head) | shared (head on the policy trunk)
     updates: int = 60  # PPO updates, each one rollout batch
     episodes: int = 64  # prompts per rollout batch, one sampled response each
     minibatch: int = 16  # episodes per gradient step
-    ppo_epochs: int = 4  # passes over each rollout batch (the paper: 1)
+    ppo_epochs: int = 2  # passes over each rollout batch (the paper: 1)
     lr: float = 5e-5  # policy AdamW learning rate, constant
-    value_lr: float = 5e-5  # value model AdamW learning rate, constant
-    vf_coef: float = 1.0  # weight of the value loss in the loss (matters with value=shared, where it reaches the trunk)
+    value_lr: float = 1e-3  # value model AdamW learning rate, constant
+    vf_coef: float = 0.1  # weight of the value loss in the loss (matters with value=shared, where it reaches the trunk)
     beta: float = 0.05  # KL coefficient β (per token, nats; the paper: 0.02); >= 0
     kl_estimator: str = "k1"  # the penalty's per-token KL: k1 = log π − log π_ref | k3 = (r − 1) − log r, r = π_ref/π
     kl_target: float = 0.0  # adaptive β toward this KL (nats per response); 0 = β fixed
@@ -458,7 +458,8 @@ def evaluate(policy: GPT, tok: Tokenizer, rows: list[dict], prompts: list[list[i
     """Greedy responses to held-out prompts: mean oracle score, RM score, EOS rate, length."""
     out = respond(policy, tok, prompts, pc.max_new_tokens, temperature=0.0, batch_size=64)
     ids, lengths = pad_right([p + r["tokens"] for p, r in zip(prompts, out)], tok.pad_id)
-    rm = scorer.rm_scores(ids.to(device), lengths.to(device)).mean().item()
+    n_prompt = torch.tensor([len(p) for p in prompts], device=device)
+    rm = scorer.rm_scores(ids.to(device), lengths.to(device), n_prompt).mean().item()
     return {"oracle_score": sum(oracle_score(r, o["text"]) for r, o in zip(rows, out)) / len(rows),
             "rm_score": finite_or_none(rm), "eos_rate": sum(o["eos"] for o in out) / len(out),
             "response_len": sum(len(o["tokens"]) for o in out) / len(out)}
