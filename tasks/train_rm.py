@@ -19,6 +19,14 @@ What it keeps from the paper, and how:
   average; and the std of raw scores over the rankings' candidates (SFT samples), for PPO to
   normalise with (`RewardModel.normalized`).
 
+What it adds, measured on the world: the likelihood feature (`lm_feature`, model/reward.py),
+the one change that moved held-out accuracy against the noiseless oracle from 0.57-0.65 to
+0.80 on the default data (1000 prompts x 4 SFT samples, one epoch), 0.84 on 6000 x 8; and
+packing (`pack`): each
+prompt is forwarded once with its K responses after it under a tree attention mask, the same
+rewards as K separate rows (tested) for 2-3x fewer tokens. Scoring packs only prompts that no
+response needed cut, so every reported number is what `RewardModel.forward` gives PPO.
+
 Splits are BY PROMPT (never a prompt's pairs on both sides): a prompt is held out when a hash
 of (split_seed, id) falls under `heldout_fraction`, so appending rankings never moves a prompt
 between splits. The held-out split is only ever measured, never selected on.
@@ -27,7 +35,10 @@ Metrics (`metrics_file`): pairwise accuracy against the labels (train, held-out)
 NOISELESS oracle (`tasks.world.oracle.score`) on held-out pairs whose true scores differ; the
 ceiling, two independent oracle labelers at `labeler_noise` ranking the same held-out
 candidates; the share of held-out pairs whose true scores tie (a labeler orders those at
-random); all of it per instruction kind; the reward margin; the bias and std.
+random); all of it per instruction kind and per pair of candidate sources ("sft", "sft+world":
+the policy part of `sources`); the reward margin; the bias and std. Per epoch (MLflow
+`epoch/*`, meta.json "history"): train loss and accuracy, val and held-out accuracy against
+the labels and the noiseless oracle.
 
 A response too long for the window even with `MIN_PROMPT_TOKENS` of prompt is dropped from its
 ranking (the order of the rest is kept); a prompt left with fewer than two is skipped. Both
@@ -50,7 +61,7 @@ import torch
 from omegaconf import OmegaConf
 
 from model import GPT
-from model.instruct import encode_example, encode_prompt, pad_right, ranking_loss, response_targets
+from model.instruct import encode_example, encode_prompt, pad_right, ranking_loss
 from model.reward import RewardModel, pack
 from model.tokenizer import Tokenizer
 from tasks import tracking
@@ -80,9 +91,6 @@ class TrainRMConfig:
     dropout: float = 0.0  # trunk dropout (embeddings, attention, residual branches) while training
     head_dropout: float = 0.0  # dropout on the last-token state before the head, while training
     lm_feature: bool = True  # add the learned-scale mean log-likelihood of the response under the trunk (model/reward.py)
-    sft_coef: float = 0.0  # EXPERIMENT aux SFT loss on sft_file demonstrations
-    sft_file: str = "sft_train.jsonl"
-    sft_batch_size: int = 16
     pack: bool = True  # training forwards each prompt once with its K responses (tree attention mask)
     max_len: int = -1  # tokens per prompt + response; -1 = the trunk's block_size (the prompt is left-cut)
     eval_batch_size: int = 64  # prompts per forward pass when scoring
@@ -321,15 +329,14 @@ def build_model(rc: TrainRMConfig, device: str) -> tuple[RewardModel, Path]:
     return RewardModel(gpt.float(), dropout=rc.head_dropout, lm_scale=1.0 if rc.lm_feature else None).to(device), tok_path
 
 
-def train(
-    model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], pad_id: int, device: str,
-    demos: list[tuple[list[int], int]] | None = None,
-) -> list[dict]:
+def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], pad_id: int, device: str) -> list[dict]:
     """The K-way loss over `splits['train']` for `epochs` (early stopping on 'val' with
     `patience`); per-epoch accuracies. The model ends with the weights of the best epoch."""
     opt = model.gpt.configure_optimizers(rc.weight_decay, rc.lr, (0.9, 0.999), "cuda" if device.startswith("cuda") else "cpu")
     opt.add_param_group({"params": [model.head.weight], "weight_decay": rc.weight_decay})
     opt.add_param_group({"params": [model.head.bias], "weight_decay": 0.0})
+    if model.lm_scale is not None:
+        opt.add_param_group({"params": [model.lm_scale], "weight_decay": 0.0})
     data = splits["train"]
     steps_per_epoch = math.ceil(len(data) / rc.batch_size)
     total = rc.epochs * steps_per_epoch
@@ -345,12 +352,6 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, rc)
             loss, r, n = items_loss(forward_items(model, batch, pad_id, device, rc.pack), batch)
-            if rc.sft_coef > 0 and demos:
-                picked = torch.randint(len(demos), (rc.sft_batch_size,), generator=g).tolist()
-                ids, lengths = pad_right([demos[i][0] for i in picked], pad_id)
-                targets = response_targets(ids, lengths, torch.tensor([demos[i][1] for i in picked]))
-                _, lm = model.gpt(ids.to(device), targets.to(device))
-                loss = loss + rc.sft_coef * lm
             if not math.isfinite(loss.item()):
                 raise InputError(f"train_rm: non-finite loss at step {step + 1}; lower train_rm.lr")
             loss.backward()
@@ -386,9 +387,9 @@ def train(
     return history
 
 
-def demonstrations(rc: TrainRMConfig, tok: Tokenizer, max_len: int, name: str | None = None) -> list[tuple[list[int], int]]:
+def demonstrations(rc: TrainRMConfig, tok: Tokenizer, max_len: int) -> list[tuple[list[int], int]]:
     """(ids, n_prompt) of every demonstration of the bias file that fits the window."""
-    path = Path(rc.instructions_dir) / (name or rc.bias_file)
+    path = Path(rc.instructions_dir) / rc.bias_file
     rows = read_jsonl(path)
     out = []
     for i, row in enumerate(rows, start=1):
@@ -437,8 +438,7 @@ def run(cfg) -> dict:
 
     with tracking.stage_run(cfg, "train_rm", sections=["train_rm", "seed"]):
         log_dataset(df, path)
-        aux = demonstrations(rc, tok, max_len, rc.sft_file) if rc.sft_coef > 0 else None
-        history = train(model, rc, splits, tok.pad_id, device, aux)
+        history = train(model, rc, splits, tok.pad_id, device)
         train_time = time.perf_counter() - t_start
 
         # the paper's normalisation: demonstrations average 0; the spread of the SFT samples
@@ -453,7 +453,7 @@ def run(cfg) -> dict:
             "reward": {"bias": model.bias, "std": model.std, "demonstrations": len(demos), "samples": len(samples)},
             "data": {"prompts": len(df), **{f"{s}_prompts": len(v) for s, v in splits.items()}, **counts},
             "epochs_run": len(history),
-            "time_s": train_time,
+            "time_s": train_time,  # reading, encoding and training, seconds
         }
         if splits["val"]:
             metrics["val"] = pair_metrics(splits["val"], scored["val"], False)
@@ -476,6 +476,7 @@ def run(cfg) -> dict:
             "reward": reward_meta,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
+        metrics["wall_s"] = time.perf_counter() - t_start  # the whole stage but writing its outputs
         model.save(rc.out_dir, meta, tokenizer_path=tok_path)
         atomic_write_json(rc.metrics_file, metrics)
         flat = tracking.flatten(metrics)
