@@ -1,7 +1,8 @@
 """The reward model of InstructGPT (Ouyang et al. 2022, §3.5): a GPT trunk and a scalar head.
 
 Architecture choices:
-- the trunk is a whole `GPT` (its LM head unused), initialised from the SFT policy in the paper;
+- the trunk is a whole `GPT` (its tied LM head used only by the likelihood feature), initialised
+  from the SFT policy as in the paper;
 - the head is one Linear(C, 1) (with dropout before it) applied to `GPT.hidden_states`; the
   reward of a response is the head's output at the row's LAST REAL token, which in the
   instruction format (`model.instruct`) is the EOS that ends the response. Rows are

@@ -210,12 +210,14 @@ def test_end_to_end_metrics_checkpoint_bias_and_mlflow(workspace, world):
     assert set(ho["by_kind"]) <= {"mood_sentence", "story_where", "story_colour", "list", "describe", "opposite"}
     assert sum(v["pairs"] for v in ho["by_kind"].values()) == ho["pairs"]
     assert all({"pairwise_acc", "oracle_acc"} <= set(v) for v in ho["by_kind"].values())
+    assert set(ho["by_source"]) == {"sft"} and ho["by_source"]["sft"]["pairwise_acc"] == ho["pairwise_acc"]  # "sft T=1.0" -> sft
     assert m["reward"]["std"] > 0 and m["reward"]["demonstrations"] == 12 and m["reward"]["samples"] == 40 * K
     assert flat["heldout.pairwise_acc"] == ho["pairwise_acc"]
 
     # the checkpoint: demonstrations average 0 after the bias; std as measured on the candidates
     rm = RewardModel.load("models/rm")
     assert rm.meta["stage"] == "train_rm" and rm.bias == m["reward"]["bias"] and "sft_val.jsonl" in rm.meta["reward"]["bias_measured_on"]
+    assert rm.lm_scale is not None and rm.lm_scale.item() != 1.0  # the likelihood feature's scale is trained too
     tok = Tokenizer.load("models/rm/tokenizer.json")
     demos = train_rm.demonstrations(cfg.train_rm, tok, 128)
     ids, lengths = pad_right([r for r, _ in demos], tok.pad_id)
