@@ -342,7 +342,7 @@ def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], 
     total = rc.epochs * steps_per_epoch
     g = torch.Generator().manual_seed(rc.seed)
     history, step, t0 = [], 0, time.perf_counter()
-    best, best_state, waited = -1.0, None, 0
+    best, best_state, best_epoch, waited = -1.0, None, 0, 0
     for epoch in range(1, rc.epochs + 1):
         model.train()
         perm = torch.randperm(len(data), generator=g).tolist()
@@ -365,8 +365,9 @@ def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], 
             if step % max(1, rc.log_every) == 0:
                 tracking.log_metrics({"train/loss": loss.item(), "train/lr": lr_at(step - 1, total, rc)}, step=step)
         rec = {"epoch": epoch, "step": step, "train_loss": loss_sum / len(data), "train_acc": right / pairs}
+        last = epoch == rc.epochs
         for split in ("val", "heldout"):
-            if splits[split]:
+            if splits[split] and not (last and split == "heldout"):  # the final held-out numbers: `run` scores them once
                 m = pair_metrics(splits[split], score_items(model, splits[split], pad_id, device, rc.eval_batch_size), True)
                 rec[f"{split}_acc"], rec[f"{split}_loss"], rec[f"{split}_oracle_acc"] = m["pairwise_acc"], m["loss"], m["oracle_acc"]
         rec["time_s"] = time.perf_counter() - t0
@@ -377,13 +378,14 @@ def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], 
             print(f"train_rm epoch {epoch}/{rc.epochs}: {shown} ({rec['time_s']:.1f}s)", file=sys.stderr, flush=True)
         if rc.patience > 0 and splits["val"]:
             if rec["val_acc"] > best:
-                best, best_state, waited = rec["val_acc"], copy.deepcopy(model.state_dict()), 0
+                best, best_state, best_epoch, waited = rec["val_acc"], copy.deepcopy(model.state_dict()), epoch, 0
             else:
                 waited += 1
                 if waited >= rc.patience:
                     break
-    if best_state is not None:
+    if best_state is not None and best_epoch != len(history):
         model.load_state_dict(best_state)
+        history[-1]["restored_epoch"] = best_epoch
     return history
 
 
@@ -457,6 +459,10 @@ def run(cfg) -> dict:
         }
         if splits["val"]:
             metrics["val"] = pair_metrics(splits["val"], scored["val"], False)
+        if splits["heldout"] and "restored_epoch" not in history[-1]:  # the final numbers are the last epoch's
+            ho = metrics["heldout"]
+            history[-1].update(heldout_acc=ho["pairwise_acc"], heldout_loss=ho["loss"], heldout_oracle_acc=ho["oracle_acc"])
+            tracking.log_metrics({"epoch/heldout_acc": ho["pairwise_acc"], "epoch/heldout_oracle_acc": ho["oracle_acc"]}, step=len(history))
         if splits["heldout"]:
             rng = random.Random(rc.seed)
             ho = splits["heldout"]

@@ -218,14 +218,14 @@ def test_ptx_coef_zero_never_reads_the_pretraining_data(ppo_workspace, monkeypat
 
 
 def test_ptx_variant_logs_the_pretraining_loss(ppo_workspace):
-    m = ppo.run(compose([*QUICK, "ppo.updates=2", "ppo.variant=ppo_ptx", "ppo.ptx_block=32", "ppo.value=shared"]))
+    m = ppo.run(compose([*QUICK, "ppo.updates=2", "ppo.variant=ppo_ptx", "ppo.ptx_block=32", "ppo.value=sft"]))
     assert m["ptx_coef"] == 1.0 and m["final"]["ptx_loss"] > 0 and Path("models/ppo_ptx/model.safetensors").is_file()
     assert Path("metrics/ppo/ppo_ptx.json").is_file() and not Path("models/ppo").exists()
 
 
 def test_kill_and_resume_gives_the_same_curve(ppo_workspace):
     args = [*QUICK, "ppo.updates=12", "ppo.ckpt_every=2", "ppo.eval_every=4", "ppo.episodes=16", "ppo.variant=ppo_ptx",
-            "ppo.ptx_block=32", "ppo.kl_target=1.0", "ppo.reward=oracle"]
+            "ppo.ptx_block=32", "ppo.kl_target=1.0", "ppo.reward=oracle", "ppo.value=rm"]  # the most state: two networks
     ppo.run(compose(args))
     reference = curve("ppo_ptx")
     write_params(compose(args), "params.yaml")
@@ -281,4 +281,4 @@ def test_oracle_reward_needs_no_reward_model(ppo_workspace):
     m = ppo.run(compose([*QUICK, "ppo.updates=1", "ppo.reward=oracle", "ppo.value=sft"]))
     assert m["reward"] == "oracle" and m["reward_norm"] is not None and "rm_score" not in m["final"]
     with pytest.raises(InputError, match="no reward model"):
-        ppo.run(compose([*QUICK, "ppo.updates=1", "ppo.reward=oracle"]))  # value: rm still needs it
+        ppo.run(compose([*QUICK, "ppo.updates=1", "ppo.reward=oracle", "ppo.value=rm"]))  # a value model from the RM needs it
