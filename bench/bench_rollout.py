@@ -9,8 +9,8 @@ the same generator seed for both; also checks that both sample the same tokens. 
 SFT checkpoint (`--sft`, default models/sft) when it exists, else a random GPT of the default
 shape (4 layers, 128 wide, vocab 1235, block 128).
 
-The update split runs `tasks.ppo`'s own functions, one update of the configured shape
-(`--episodes` per update, 4 epochs of minibatches of 16), on `rl_prompts.jsonl` with the SFT
+The update split runs `tasks.ppo`'s own functions, one update of the stage's default shape
+(`--episodes` per update, `PPOConfig`'s epochs and minibatch), on `rl_prompts.jsonl` with the SFT
 policy when both exist (responses stop at EOS, as in the stage), once per value model: separate
 (a second network, as `value: rm`) and shared (a head on the policy trunk). Rounds alternate
 between contenders so a busy machine slows each alike; times are medians.
@@ -74,20 +74,19 @@ def bench_sampling(model, prompts, new: int, rounds: int) -> None:
 def bench_update(model, tok, prompts, rows, episodes: int, new: int, rounds: int) -> None:
     from tasks import ppo
 
-    split = {}
+    setups = {}
     for value in ("separate", "shared"):
-        pc = ppo.PPOConfig(value="shared" if value == "shared" else "rm", episodes=episodes, minibatch=16, ppo_epochs=4,
-                           max_new_tokens=new, no_eos_penalty=0.0)
+        pc = ppo.PPOConfig(value="shared" if value == "shared" else "rm", episodes=episodes, max_new_tokens=new, no_eos_penalty=0.0)
         policy = GPT(model.config)
         policy.load_state_dict(model.state_dict())
         ref = GPT(model.config)
         ref.load_state_dict(model.state_dict())
-        rm = RewardModel(ref).eval()
         critic = RewardModel(policy) if value == "shared" else RewardModel(GPT(model.config))
         learner = ppo.Learner(policy, critic, *ppo.optimizers(policy, critic, pc, "cpu"), shared=value == "shared")
-        times = {"rollout": [], "scoring": [], "training": []}
-        lens = []
-        for r in range(rounds):
+        setups[value] = (pc, policy, ref, RewardModel(ref).eval(), critic, learner)
+    times = {v: {"rollout": [], "scoring": [], "training": [], "len": []} for v in setups}
+    for r in range(rounds):  # alternate, so a busy machine slows each alike
+        for value, (pc, policy, ref, rm, critic, learner) in setups.items():
             g = ppo.generator(0, ppo.SAMPLE, r)
             t0 = time.perf_counter()
             if tok is not None:
@@ -99,26 +98,25 @@ def bench_update(model, tok, prompts, rows, episodes: int, new: int, rounds: int
             t1 = time.perf_counter()
             policy.eval()
             with torch.no_grad():
-                score = rm.normalized(batch.ids, batch.lengths)
+                score = rm.normalized(batch.ids, batch.lengths, batch.pos[:, 0] + 1)
             ppo.experience(batch, policy, ref, critic, score, pc, 0.05)
             t2 = time.perf_counter()
             ppo.train_update(learner, batch, pc, r, None)
             t3 = time.perf_counter()
-            for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
-                times[k].append(dt)
-            lens.append(batch.mask.sum(1).float().mean().item())
-        split[value] = {k: statistics.median(v) for k, v in times.items()}
-        split[value]["len"] = statistics.mean(lens)
-    print(f"\none PPO update: {episodes} episodes, 4 epochs x minibatches of 16, responses up to {new} tokens"
-          f" ({'SFT policy, rl_prompts' if tok is not None else 'random model, random prompts'})")
+            for k, v in zip(times[value], (t1 - t0, t2 - t1, t3 - t2, batch.mask.sum(1).float().mean().item())):
+                times[value][k].append(v)
+    pc = next(iter(setups.values()))[0]
+    print(f"\none PPO update: {episodes} episodes, {pc.ppo_epochs} epochs x minibatches of {pc.minibatch}, responses up to "
+          f"{new} tokens ({'SFT policy, rl_prompts' if tok is not None else 'random model, random prompts'}); medians")
     print(f"{'value model':<12}{'resp. len':>10}{'rollout s':>11}{'scoring s':>11}{'training s':>12}{'total s':>9}"
           f"{'rollout %':>11}{'scoring %':>11}{'training %':>12}")
-    for value, s in split.items():
-        total = s["rollout"] + s["scoring"] + s["training"]
+    totals = {}
+    for value, t in times.items():
+        s = {k: statistics.median(v) for k, v in t.items()}
+        totals[value] = total = s["rollout"] + s["scoring"] + s["training"]
         print(f"{value:<12}{s['len']:>10.1f}{s['rollout']:>11.2f}{s['scoring']:>11.2f}{s['training']:>12.2f}{total:>9.2f}"
               f"{100 * s['rollout'] / total:>10.0f}%{100 * s['scoring'] / total:>10.0f}%{100 * s['training'] / total:>11.0f}%")
-    sep, sh = split["separate"], split["shared"]
-    print(f"separate / shared, whole update: {sum(sep[k] for k in ('rollout', 'scoring', 'training')) / sum(sh[k] for k in ('rollout', 'scoring', 'training')):.2f}x")
+    print(f"separate / shared, whole update: {totals['separate'] / totals['shared']:.2f}x")
 
 
 def main():
