@@ -166,3 +166,18 @@ def markdown_table(rows: list[dict], caption: str = "", digits: int = 3) -> str:
         cells = ["–" if r[k] is None else f"{r[k]:.{digits}f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch CPU threads (0 = leave torch's default), then restore the caller's count,
+    so tests and notebooks that call a stage's `run` in-process keep theirs."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -40,11 +40,12 @@ import torch
 from omegaconf import OmegaConf
 
 from model import load_checkpoint
-from model.instruct import encode_prompt, encode_response, pad_right, respond, response_logprobs, response_targets
+from model.instruct import (MIN_NEW_TOKENS, encode_example, encode_prompt, encode_response, pad_right, respond,
+                            response_logprobs, response_targets)
 from model.reward import RewardModel
 from tasks import tracking
 from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device,
-                          stage_main, write_jsonl)
+                          stage_main, torch_threads, write_jsonl)
 from tasks.sft import few_shot_context, read_demos, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
 
@@ -91,8 +92,6 @@ def sequence_logprob(model, contexts: list[list[int]], responses: list[list[int]
 @torch.no_grad()
 def rm_scores(rm: RewardModel, tok, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
     """The reward model's normalised score of each (prompt, response) in the instruction format."""
-    from model.instruct import encode_example
-
     block = rm.gpt.config.block_size
     out = []
     for b in range(0, len(prompts), batch_size):
@@ -219,8 +218,8 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
         g = torch.Generator().manual_seed(ec.seed)
         sampled = respond(model, tok, contexts[name], ec.max_new_tokens, temperature=1.0, batch_size=ec.batch_size, generator=g)
         # the contexts as `respond` fed them (cut from the left to leave room for the response)
-        ctx = [c[-(model.config.block_size - 16):] for c in contexts[name]]
-        ref_ctx = [c[-(model.config.block_size - 16):] for c in plain]
+        room = model.config.block_size - MIN_NEW_TOKENS
+        ctx, ref_ctx = [c[-room:] for c in contexts[name]], [c[-room:] for c in plain]
         lp = sequence_logprob(model, ctx, [s["tokens"] for s in sampled], tok.pad_id)
         lp_ref = lp if name == ec.reference else sequence_logprob(reference, ref_ctx, [s["tokens"] for s in sampled], tok.pad_id)
         m = {
@@ -283,10 +282,7 @@ def register(ec: EvaluateConfig) -> None:
 def run(cfg) -> dict:
     ec: EvaluateConfig = OmegaConf.to_object(cfg.evaluate)
     device = resolve_device(cfg.device)
-    threads = torch.get_num_threads()
-    if ec.threads > 0:
-        torch.set_num_threads(ec.threads)
-    try:
+    with torch_threads(ec.threads):
         with tracking.stage_run(cfg, "evaluate", sections=["evaluate", "seed"]):
             metrics, samples, curves = evaluate(cfg, ec, device)
             write_jsonl(ec.samples_file, samples)
@@ -303,8 +299,6 @@ def run(cfg) -> dict:
             tracking.log_artifact(ec.table_file)
             tracking.log_artifact(ec.samples_file)
             register(ec)
-    finally:
-        torch.set_num_threads(threads)
     return metrics
 
 

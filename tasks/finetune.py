@@ -55,7 +55,7 @@ from model import GPT, load_checkpoint, save_checkpoint
 from model.heads import TaskHead, TaskModel
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, read_json, read_jsonl, resolve_device, stage_main
+from tasks.common import InputError, atomic_write_json, read_json, read_jsonl, resolve_device, stage_main, torch_threads
 from tasks.data import TASK_FIELDS as TASK_TYPES  # the data contract: task type -> text fields of a row
 
 INITS = ("pretrain", "scratch")
@@ -497,14 +497,9 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
 
 def run(cfg) -> dict[str, float]:
     fc: FinetuneConfig = OmegaConf.to_object(cfg.finetune)
-    threads = torch.get_num_threads()
-    if fc.threads > 0:
-        torch.set_num_threads(fc.threads)
-    try:
+    with torch_threads(fc.threads):
         with tracking.stage_run(cfg, "finetune", sections=["finetune"], run_name=f"finetune/{fc.task}"):
             metrics = finetune(cfg, fc)
-    finally:
-        torch.set_num_threads(threads)  # callers in the same process (tests, notebooks) keep theirs
     return tracking.flatten(metrics)
 
 

@@ -77,7 +77,7 @@ from model.instruct import MIN_NEW_TOKENS, encode_prompt, pad_right, respond, re
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main, torch_threads
 from tasks.pretrain import load_tokens, step_offsets, window_batch
 from tasks.sft import epoch_order, strict_tokenizer
 from tasks.train_rm import split_of
@@ -634,10 +634,7 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
 def run(cfg) -> dict:
     pc = resolve_variant(cfg.ppo)
     device = resolve_device(cfg.device)
-    threads = torch.get_num_threads()
-    if pc.threads > 0:
-        torch.set_num_threads(pc.threads)
-    try:
+    with torch_threads(pc.threads):
         with tracking.stage_run(cfg, "ppo", sections=["ppo", "seed"], run_name=pc.variant):
             t0 = time.perf_counter()
             metrics = train(cfg, pc, device)
@@ -647,8 +644,6 @@ def run(cfg) -> dict:
                                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
             if cfg.tracking.log_checkpoints:
                 tracking.log_checkpoint(Path(pc.models_dir) / pc.variant)
-    finally:
-        torch.set_num_threads(threads)
     return metrics
 
 

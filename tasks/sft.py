@@ -44,7 +44,8 @@ from model.instruct import encode_example, encode_prompt, encode_response, pad_r
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
 from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device,
-                          stage_main)
+                          stage_main, torch_threads)
+from tasks.pretrain import write_curve
 from tasks.world.oracle import score as oracle_score
 
 
@@ -79,6 +80,15 @@ class SFTConfig:
     progress: bool = True  # a line per log interval on stderr
     threads: int = 0  # torch CPU threads; 0 = torch's default
     seed: int = 1337  # batch order and dropout
+
+
+def set_dropout(model, p: float) -> None:
+    """Every dropout of the GPT (embeddings, residual branches, attention weights) to `p`."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+    for blk in model.transformer.h:
+        blk.attn.dropout = p
 
 
 def lr_at(step: int, total: int, sc: SFTConfig) -> float:
@@ -201,11 +211,7 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
     model = ckpt.model
     if model.config.vocab_size < tok.vocab_size:
         raise InputError(f"{init}: model vocabulary {model.config.vocab_size} is smaller than its tokenizer's {tok.vocab_size}")
-    for m in model.modules():  # the dropout option; saved checkpoints run with dropout off (config keeps 0)
-        if isinstance(m, torch.nn.Dropout):
-            m.p = sc.dropout
-    for blk in model.transformer.h:
-        blk.attn.dropout = sc.dropout
+    set_dropout(model, sc.dropout)  # the dropout option; saved checkpoints run with dropout off (config keeps 0)
     block = model.config.block_size
     train_rows = read_demos(data / "sft_train.jsonl", sc.max_train_rows)
     val_rows = read_demos(data / "sft_val.jsonl")
@@ -263,11 +269,7 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
             save({"train_loss": rec["train_loss"], "val_loss": last_val})
     if last_val is None:
         last_val = val_loss(model, val_ex, tok.pad_id, device)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    for blk in model.transformer.h:
-        blk.attn.dropout = 0.0
+    set_dropout(model, 0.0)
     metrics = {"train_loss": history[-1]["train_loss"] if history else float("nan"), "val_loss": last_val,
                "step": step, "epochs": sc.epochs, "train_seconds": time.perf_counter() - t0,
                "examples": {"train": train_counts, "val": val_counts}}
@@ -320,21 +322,10 @@ def table_rows(scores: dict) -> list[dict]:
     return rows
 
 
-def write_curve(path: Path, history: list[dict]) -> None:
-    lines = ["step,train_loss,val_loss"]
-    for h in history:
-        val = h.get("val_loss")
-        lines.append(f"{h['step']},{h['train_loss']!r},{'' if val is None else repr(val)}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 def run(cfg) -> dict:
     sc: SFTConfig = OmegaConf.to_object(cfg.sft)
     device = resolve_device(cfg.device)
-    threads = torch.get_num_threads()
-    if sc.threads > 0:
-        torch.set_num_threads(sc.threads)
-    try:
+    with torch_threads(sc.threads):
         with tracking.stage_run(cfg, "sft", sections=["sft", "seed"]):
             metrics, history, tok = train(cfg, sc, device)
             model = load_checkpoint(sc.out_dir, device=device).model
@@ -359,8 +350,6 @@ def run(cfg) -> dict:
                 mlflow.log_table(df, artifact_file="samples.json")
             if cfg.tracking.log_checkpoints:
                 tracking.log_checkpoint(sc.out_dir)
-    finally:
-        torch.set_num_threads(threads)
     return metrics
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,26 @@ def make_project(dest: Path) -> Path:
     run_cmd(["git", "add", "-A"], dest)
     run_cmd(["git", "commit", "-qm", "init"], dest)
     return dest
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a test starts and stops)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    """Wait until `url` answers 200, or fail the test after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} not ready after {timeout}s")
 
 
 @pytest.fixture

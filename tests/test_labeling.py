@@ -7,19 +7,17 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, free_port, wait_http
 from tasks.common import InputError
 from tasks.labels import append_label, label_key, make_label, missing, parse_ranking, read_candidates, read_labels
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def candidate(i: int, k: int = 4) -> dict:
@@ -220,24 +218,6 @@ def test_ask_rankings_pauses_again_after_a_refused_answer(tmp_path, monkeypatch)
 
 
 # ---- flows/labeling.py on a real Prefect server --------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} not ready after {timeout}s")
 
 
 def _start(args, cwd, env, log: Path) -> subprocess.Popen:
