@@ -19,7 +19,10 @@ response tokens are contiguous and nothing after them is real.
   the sampling policy against the current one);
 - `value_loss`: the clipped value loss of PPO2 / lm-human-preferences;
 - `entropy`, `explained_variance`: diagnostics;
-- `KLController`: fixed β, or lm-human-preferences' adaptive β toward a target KL.
+- `KLController`: fixed β, or lm-human-preferences' adaptive β toward a target KL;
+- `dpo_loss`: direct preference optimisation (Rafailov et al. 2023; IPO, Azar et al. 2023) on
+  sequence log-probabilities, with its implicit rewards;
+- `best_of_n_kl`: the analytic KL of best-of-n sampling, log n − (n − 1)/n (Stiennon et al. 2020).
 
 Means over tokens are taken over all real tokens of the batch together (token-weighted), as in
 lm-human-preferences and TRL.
@@ -150,3 +153,41 @@ class KLController:
             err = min(max(kl / self.target - 1.0, -0.2), 0.2)
             self.beta *= 1.0 + err * n / self.horizon
         return self.beta
+
+
+DPO_LOSSES = ("sigmoid", "ipo")
+
+
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+    beta: float, loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO's loss over a batch of preference pairs: log-probabilities (B,) of the chosen and the
+    rejected response under the policy and the frozen reference.
+
+    h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l));
+    sigmoid (DPO): −log σ(β·h), mean over pairs;  ipo (IPO): (h − 1/(2β))², mean over pairs
+    (IPO is meant for log-probabilities averaged over tokens: the caller passes those).
+    The implicit rewards are β·(log π − log π_ref) of each response.
+    -> (loss, {chosen_reward, rejected_reward (B,), reward_acc: share with chosen > rejected,
+    reward_margin: mean chosen − rejected}).
+    """
+    if loss_type not in DPO_LOSSES:
+        raise ValueError(f"loss_type={loss_type!r}: expected one of {', '.join(DPO_LOSSES)}")
+    h = (chosen - ref_chosen) - (rejected - ref_rejected)
+    if loss_type == "sigmoid":
+        loss = -torch.nn.functional.logsigmoid(beta * h).mean()
+    else:
+        loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    with torch.no_grad():
+        rc, rr = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+        stats = {"chosen_reward": rc, "rejected_reward": rr, "reward_acc": (rc > rr).float().mean(),
+                 "reward_margin": (rc - rr).mean()}
+    return loss, stats
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(π_best-of-n ‖ π) = log n − (n − 1)/n nats, for a continuous reward without ties."""
+    import math
+
+    return math.log(n) - (n - 1) / n
