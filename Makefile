@@ -11,12 +11,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-EXPERIMENT ?= default
+EXPERIMENT ?=
 PORT ?= 4200
 # the CPU build of torch to install when there is no GPU (a wheel on local disk or a CPU index)
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: pipeline test setup serve mlflow-ui bench clean
+.PHONY: pipeline test setup serve mlflow-ui bench clean report
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 pipeline: setup
-	$(PY) -m flows.pipeline experiment=$(EXPERIMENT)
+	$(PY) -m flows.pipeline $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
+	$(PY) -m tasks.report
+
+# RESULTS.md from metrics/: every results table, generated (the end of `make pipeline`)
+report: setup
+	$(PY) -m tasks.report
 
 test: setup
 	$(PY) -m pytest -m "not gpu" -q

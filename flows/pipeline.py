@@ -1,46 +1,66 @@
 """The `instructflow` Prefect flow: the DAG of stages, each run through `dvc repro`.
 
+    python -m flows.pipeline                           # the default configuration (what `make pipeline` runs)
     python -m flows.pipeline experiment=smoke          # whole DAG, tiny, on CPU
-    python -m flows.pipeline experiment=default        # what `make pipeline` runs
+    python -m flows.pipeline pipeline.concurrency=1    # one stage at a time
     prefect deployment run 'instructflow/local' -p overrides='["experiment=smoke"]' --watch
 
-The flow composes `conf/` with the overrides and writes `params.yaml`; then one Prefect task
-per stage calls `dvc repro --single-item <stage>`. DVC alone decides what is up to date (so
-Prefect caches nothing), records `dvc.lock`, and runs the stage's `python -m tasks.<stage>`,
-whose MLflow run nests under the flow's parent run.
+The flow composes `conf/` with the overrides and writes `params.yaml`; then it reads DVC's own
+stage graph of `dvc.yaml` (no second, hand-kept list) and submits one Prefect task per stage,
+each waiting for its upstream stages only, so independent stages (the fine-tuning tasks,
+prompt evaluation, the InstructGPT branch; PPO variants and DPO) run at the same time and the
+Prefect UI shows the real edges. Each task calls `dvc --wait-for-lock repro --single-item
+<stage>`: DVC alone decides what is up to date (so Prefect caches nothing), records `dvc.lock`
+(`--wait-for-lock` makes concurrent runs in one workspace queue on DVC's short lock phases
+instead of failing), and runs the stage's `python -m tasks.<stage>`, whose MLflow run nests
+under the flow's parent run. At most `pipeline.concurrency` stages run at once (0 = the number
+of CPU cores), and stages listed in `pipeline.gpu_stages` one at a time when the device is a
+GPU. A stage's torch thread count comes from its own config, never from how many stages run
+beside it, so a parallel run gives the same numbers as a serial one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import graphlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults before Prefect is imported)
 from prefect import flow, get_run_logger, task
+from prefect.futures import wait
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.config import ConfigError, compose, write_params
 
-def stages(cfg) -> list[str]:
-    """The DVC stages in DAG order (a `foreach` stage expands to one instance per task)."""
-    return [
-        "data",
-        "tokenize",
-        "pretrain",
-        *(f"finetune@{t}" for t in cfg.finetune.tasks),
-        "finetune_report",
-        "prompt_eval",
-        "sft",
-        "candidates",
-        "collect_rankings",
-        "train_rm",
-        *(f"ppo@{v}" for v in cfg.ppo.variants),
-        "evaluate",
-    ]
+def stage_graph(root: str | os.PathLike = ".") -> dict[str, list[str]]:
+    """{stage: its upstream stages} from DVC's graph of dvc.yaml, as `dvc dag` sees it (params.yaml
+    must exist: `foreach` stages expand over it, e.g. finetune@sentiment). Data sources tracked
+    by `.dvc` files (labels/human.jsonl.dvc) are not stages to run and are left out."""
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(os.fspath(root)) as repo:
+        g = repo.index.graph
+        return {s.addressing: sorted(u.addressing for u in g.successors(s) if isinstance(u, PipelineStage))
+                for s in g.nodes if isinstance(s, PipelineStage)}
+
+
+def stages(graph: dict[str, list[str]]) -> list[str]:
+    """The stages in a topological order (upstream first; ties by name, so the order is stable)."""
+    ts = graphlib.TopologicalSorter(graph)
+    ts.prepare()
+    order = []
+    while ts.is_active():
+        ready = sorted(ts.get_ready())
+        order += ready
+        ts.done(*ready)
+    return order
 
 
 class StageFailed(RuntimeError):
@@ -63,6 +83,7 @@ def stage_metrics_file(cfg, stage: str) -> Path | None:
         "candidates": Path(cfg.collect_rankings.candidates_metrics),
         "collect_rankings": Path(cfg.collect_rankings.metrics_file),
         "train_rm": Path(cfg.train_rm.metrics_file),
+        "dpo": Path(cfg.dpo.metrics_file),
         "evaluate": Path(cfg.evaluate.metrics_file),
     }.get(stage)
 
@@ -93,26 +114,53 @@ def configure(overrides: list[str]):
     return cfg
 
 
+class Slots:
+    """How many stages may run at once: `concurrency` in all, GPU-heavy ones one at a time."""
+
+    def __init__(self, concurrency: int, gpu_stages: list[str], device: str):
+        self.all = threading.BoundedSemaphore(concurrency if concurrency > 0 else (os.cpu_count() or 1))
+        self.gpu = threading.BoundedSemaphore(1)
+        gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
+        self.gpu_stages = set(gpu_stages) if gpu else set()
+
+    @contextlib.contextmanager
+    def hold(self, stage: str):
+        heavy = stage.split("@")[0] in self.gpu_stages
+        with self.all, (self.gpu if heavy else contextlib.nullcontext()):
+            yield
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+_SLOTS: dict[str, Slots] = {}  # per flow run: the task threads share them
+
+
 @task(name="stage", task_run_name="{stage}")
-def run_stage(stage: str, parent_run_id: str | None) -> dict:
+def run_stage(stage: str, parent_run_id: str | None, slots_key: str = "") -> dict:
     """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
     logger = get_run_logger()
-    # stream the stage's output live (progress lines included) into the Prefect log
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-        env=stage_env(parent_run_id),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-    lines = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        lines.append(line)
-        if line.strip():
-            logger.info("%s | %s", stage, line)
-    proc.wait()
+    slots = _SLOTS.get(slots_key)
+    with slots.hold(stage) if slots else contextlib.nullcontext():
+        # stream the stage's output live (progress lines included) into the Prefect log
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
+            env=stage_env(parent_run_id),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        lines = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            lines.append(line)
+            if line.strip():
+                logger.info("%s | %s", stage, line)
+        proc.wait()
     if proc.returncode != 0:
         # the stage's own one-line error, else DVC's
         ours = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
@@ -219,13 +267,29 @@ def instructflow(overrides: list[str] | None = None) -> dict:
         if commit := tracking.git_commit():
             tags["git.commit"] = commit
         parent_id = mlflow.MlflowClient().create_run(exp_id, run_name="pipeline", tags=tags).info.run_id
+        # every setting at the parent too: runs compare in the MLflow UI by any parameter
+        tracking.log_run_params(parent_id, tracking.config_params(cfg))
     status = "FAILED"
     results, raw = {}, {}
+    graph = stage_graph()
+    key = str(id(cfg))
+    _SLOTS[key] = Slots(cfg.pipeline.concurrency, list(cfg.pipeline.gpu_stages), cfg.device)
+    futures = {}
     try:
-        for stage in stages(cfg):
+        for stage in stages(graph):
             if stage == "collect_rankings" and cfg.collect_rankings.labeler == "human":
+                # a person ranks in the flow's own body (only a flow pauses), once the candidates exist
+                for up in graph[stage]:
+                    futures[up].result()
                 ask_people(cfg)
-            r = run_stage(stage, parent_id)
+            futures[stage] = run_stage.submit(stage, parent_id, key, wait_for=[futures[u] for u in graph[stage]])
+        wait(list(futures.values()))
+        for stage in stages(graph):  # the first failure upstream-first: its own one-line error
+            state = futures[stage].state
+            if state.is_failed() or state.is_crashed():
+                futures[stage].result()  # raises the stage's StageFailed
+        for stage, fut in futures.items():
+            r = fut.result()
             raw[stage] = read_stage_metrics(cfg, stage)
             results[stage] = numeric_leaves(raw[stage])
             if not r["ran"] and parent_id:
@@ -233,6 +297,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
             results[stage]["ran"] = float(r["ran"])
         status = "FINISHED"
     finally:
+        _SLOTS.pop(key, None)
         if parent_id:
             client = mlflow.MlflowClient()
             for k, v in dvc_lock_tags().items():

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tasks.common import atomic_write_text
 from tasks.data import DataConfig
+from tasks.dpo import DPOConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.finetune import FinetuneConfig
 from tasks.pretrain import PretrainConfig
@@ -53,6 +54,15 @@ class ModelConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """How the flow runs the DAG (`flows/pipeline.py`); nothing here changes a stage's numbers."""
+
+    concurrency: int = 0  # stages at once; 0 = the number of CPU cores
+    gpu_stages: list[str] = field(default_factory=lambda: ["pretrain", "finetune", "prompt_eval", "sft", "candidates", "train_rm",
+                                                           "ppo", "dpo", "evaluate"])  # one at a time on a GPU
+
+
+@dataclass
 class Config:
     seed: int = 1337  # seeds data generation, init, sampling and batching
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
@@ -66,8 +76,10 @@ class Config:
     collect_rankings: CollectRankingsConfig = field(default_factory=CollectRankingsConfig)
     train_rm: TrainRMConfig = field(default_factory=TrainRMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 def _one_line(e: BaseException) -> str:

@@ -6,7 +6,10 @@
 Each policy answers every held-out `rl_eval` prompt once by greedy decoding (deterministic):
 the pre-trained model prompted few-shot (`pretrain_few_shot`: up to `few_shot_k` demonstrations
 of the same kind first, as in the sft stage), and every checkpoint in `policies` (SFT, PPO,
-PPO-ptx, and any later method). Per policy:
+PPO-ptx, DPO, and any later method), and best-of-n: `best_of_n_from` (SFT) samples n responses
+per prompt at temperature 1 and the reward model keeps its favourite (`best_of_{n}` rows, no
+training; sample j is drawn with the generator seeded `seed + j`, so best-of-1 is plain sampling
+with that seed, and the n's share samples). Per policy:
 
 - `oracle_score` (mean), `perfect_rate` (share scoring 1), the oracle win rate against the
   `reference` policy counted two ways: `win_rate_vs_sft` (ties count half, the paper's
@@ -14,16 +17,18 @@ PPO-ptx, and any later method). Per policy:
   rubric ties many perfect answers, which caps the first as the reference gets better);
 - `rm_score`: the reward model's normalised score of the greedy responses;
 - `kl_to_sft`: KL(π‖π_SFT) in nats per response, estimated on one temperature-1 sample per prompt
-  (k1, the mean of Σ log π − log π_SFT over the response tokens, both teacher-forced);
+  (k1, the mean of Σ log π − log π_SFT over the response tokens, both teacher-forced); for
+  best-of-n the analytic log n − (n − 1)/n (`model.rl.best_of_n_kl`), against SFT sampled at T = 1;
 - `response_len` (tokens of the greedy response);
 - the alignment tax: `pretrain_val_loss` on fixed windows of the pre-training validation split,
   and `prompt_eval_acc` (mean zero-shot accuracy of the GPT-2/3 prompt tasks, reusing
-  `tasks.prompt_eval`; per task under `prompt_eval`).
+  `tasks.prompt_eval`; per task under `prompt_eval`); best-of-n's are its sampled policy's.
 
 Outputs: `metrics_file` ({policy: {...}}), `samples_file` (one row per policy and prompt:
 prompt_id, policy, response, oracle_score, rm_score; anyone can recompute the table),
-`table_file` (markdown), `plot_file` (the over-optimisation curve: RM and oracle score of the
-PPO runs' samples against √KL per update, Gao et al. 2022), MLflow metrics and artifacts, and
+`table_file` (markdown), `plot_file` (the over-optimisation curve, Gao et al. 2022: RM and
+oracle score of the PPO and DPO runs' samples against √KL through training, and the best-of-n
+points), MLflow metrics and artifacts, and
 the final policy (`register_policy`) and the reward model registered in the MLflow registry.
 """
 
@@ -39,7 +44,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from model import load_checkpoint
+from model import load_checkpoint, rl
 from model.instruct import (MIN_NEW_TOKENS, encode_example, encode_prompt, encode_response, pad_right, respond,
                             response_logprobs, response_targets)
 from model.reward import RewardModel
@@ -57,7 +62,8 @@ class EvaluateConfig:
     pretrain: str = "models/pretrain"  # the pre-trained model, prompted few-shot; "" = leave that row out
     demos_file: str = "data/raw/instructions/sft_train.jsonl"  # the few-shot baseline's demonstrations
     few_shot_k: int = 3  # demonstrations in context for the few-shot baseline (as many as fit)
-    policies: dict[str, str] = field(default_factory=lambda: {"sft": "models/sft", "ppo": "models/ppo", "ppo_ptx": "models/ppo_ptx"})
+    policies: dict[str, str] = field(default_factory=lambda: {"sft": "models/sft", "ppo": "models/ppo", "ppo_ptx": "models/ppo_ptx",
+                                                              "dpo": "models/dpo"})
     reference: str = "sft"  # the policy win rates and KL are measured against
     reward_model: str = "models/rm"  # scores every response (normalised units)
     max_new_tokens: int = 40  # response budget, tokens
@@ -65,7 +71,9 @@ class EvaluateConfig:
     pretrain_data: str = "data/tokenized"  # val.bin: the alignment tax's pre-training loss
     val_windows: int = 64  # pre-training validation windows (fixed, seeded)
     prompt_eval_items: int = 100  # zero-shot prompt-eval items per task and policy; 0 = skip the prompt-eval tax
-    ppo_curves: list[str] = field(default_factory=lambda: ["metrics/ppo/ppo_curve.csv", "metrics/ppo/ppo_ptx_curve.csv"])
+    best_of_n: list[int] = field(default_factory=lambda: [1, 4, 16])  # best-of-n rows (RM's favourite of n samples); [] = none
+    best_of_n_from: str = "sft"  # the policy best-of-n samples from (one of policies)
+    curves: list[str] = field(default_factory=lambda: ["metrics/ppo/ppo_curve.csv", "metrics/ppo/ppo_ptx_curve.csv", "metrics/dpo_curve.csv"])
     register_policy: str = "ppo_ptx"  # registered in MLflow's model registry with the reward model; "" = none
     metrics_file: str = "metrics/evaluate.json"
     samples_file: str = "metrics/evaluate_samples.jsonl"
@@ -146,7 +154,25 @@ def win_rates(scores: list[float], ref: list[float]) -> tuple[float, float | Non
     return (wins + 0.5 * ties) / max(1, len(scores)), (wins / (wins + losses) if wins + losses else None)
 
 
-def plot_overoptimization(curves: dict[str, list[dict]]):
+def best_of_n(model, tok, contexts: list[list[int]], score, ns: list[int], ec: EvaluateConfig) -> dict[int, list[dict]]:
+    """Best-of-n by the reward model: sample max(ns) responses per prompt at temperature 1 (sample
+    j with the generator seeded `ec.seed + j`, all prompts at once) and keep, for each n, the
+    highest `score(texts)` among the first n (the first on ties). -> {n: per prompt the kept
+    `respond` dict with its "rm_score"}."""
+    kept: dict[int, list[dict]] = {}
+    best: list[dict] | None = None
+    for j in range(max(ns)):
+        g = torch.Generator().manual_seed(ec.seed + j)
+        sampled = respond(model, tok, contexts, ec.max_new_tokens, temperature=1.0, batch_size=ec.batch_size, generator=g)
+        for s, q in zip(sampled, score([s["text"] for s in sampled])):
+            s["rm_score"] = q
+        best = sampled if best is None else [s if s["rm_score"] > b["rm_score"] else b for s, b in zip(sampled, best)]
+        if j + 1 in ns:
+            kept[j + 1] = best
+    return kept
+
+
+def plot_overoptimization(curves: dict[str, list[dict]], points: dict[str, tuple[float, float, float]] | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,12 +183,18 @@ def plot_overoptimization(curves: dict[str, list[dict]]):
         x = [math.sqrt(max(0.0, float(r["kl"]))) for r in rows]
         axes[0].plot(x, [float(r["rm_score"]) for r in rows], "o-", ms=3, label=name)
         axes[1].plot(x, [float(r["oracle_score"]) for r in rows], "o-", ms=3, label=name)
+    if points:  # best-of-n: (KL, RM score, oracle score) per n, on the evaluation prompts
+        x = [math.sqrt(max(0.0, k)) for k, _, _ in points.values()]
+        axes[0].plot(x, [p[1] for p in points.values()], "s--", ms=5, label="best-of-n (eval prompts)")
+        axes[1].plot(x, [p[2] for p in points.values()], "s--", ms=5, label="best-of-n (eval prompts)")
+        for (name, p), xi in zip(points.items(), x):
+            axes[1].annotate(name.removeprefix("best_of_"), (xi, p[2]), fontsize=7)
     axes[0].set_ylabel("reward-model score (normalised)")
     axes[1].set_ylabel("oracle score (ground truth)")
     for ax in axes:
         ax.set_xlabel("√KL(π‖π_SFT) (√nats)")
         ax.legend()
-    fig.suptitle("PPO samples per update: proxy reward vs ground truth")
+    fig.suptitle("Samples through training (PPO, DPO) and best-of-n: proxy reward vs ground truth")
     fig.tight_layout()
     return fig
 
@@ -185,6 +217,8 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
     rows = rows[: ec.max_prompts] if ec.max_prompts >= 0 else rows
     if ec.reference not in ec.policies:
         raise InputError(f"evaluate.reference={ec.reference!r} is not one of evaluate.policies ({', '.join(ec.policies)})")
+    if ec.best_of_n and (ec.best_of_n_from not in ec.policies or min(ec.best_of_n) < 1):
+        raise InputError(f"evaluate.best_of_n={list(ec.best_of_n)} needs n >= 1 and best_of_n_from={ec.best_of_n_from!r} one of evaluate.policies")
     for name, path in ec.policies.items():
         if not Path(path).is_dir():
             raise InputError(f"{path}: checkpoint folder of policy '{name}' not found")
@@ -237,9 +271,27 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
         metrics[name] = m
         samples += [{"prompt_id": r["id"], "policy": name, "response": t, "oracle_score": s, "rm_score": q}
                     for r, t, s, q in zip(rows, texts, scores[name], rms)]
+    if ec.best_of_n:
+        src = ec.best_of_n_from
+        kept = best_of_n(models[src], tok, contexts[src], lambda texts: rm_scores(rm, tok, prompts, texts), sorted(set(ec.best_of_n)), ec)
+        for n, chosen in kept.items():
+            name = f"best_of_{n}"
+            texts = [c["text"] for c in chosen]
+            scores[name] = [oracle_score(r, t) for r, t in zip(rows, texts)]
+            metrics[name] = {
+                "oracle_score": sum(scores[name]) / len(rows),
+                "perfect_rate": sum(s == 1.0 for s in scores[name]) / len(rows),
+                "rm_score": sum(c["rm_score"] for c in chosen) / len(rows),
+                "kl_to_sft": rl.best_of_n_kl(n),  # analytic, against the sampled policy at T = 1
+                "response_len": sum(len(c["tokens"]) for c in chosen) / len(rows),
+                "eos_rate": sum(c["eos"] for c in chosen) / len(rows),
+                **{k: metrics[src][k] for k in ("pretrain_val_loss", "prompt_eval_acc", "prompt_eval") if k in metrics[src]},
+            }
+            samples += [{"prompt_id": r["id"], "policy": name, "response": t, "oracle_score": s, "rm_score": c["rm_score"]}
+                        for r, t, s, c in zip(rows, texts, scores[name], chosen)]
     for name, m in metrics.items():
         m["win_rate_vs_sft"], m["decisive_win_rate_vs_sft"] = win_rates(scores[name], scores[ec.reference])
-    curves = {Path(p).stem.removesuffix("_curve"): read_curve(Path(p)) for p in ec.ppo_curves if Path(p).is_file()}
+    curves = {Path(p).stem.removesuffix("_curve"): read_curve(Path(p)) for p in ec.curves if Path(p).is_file()}
     return metrics, samples, curves
 
 
@@ -287,10 +339,12 @@ def run(cfg) -> dict:
             metrics, samples, curves = evaluate(cfg, ec, device)
             write_jsonl(ec.samples_file, samples)
             atomic_write_text(ec.table_file, markdown_table(
-                table_rows(metrics), "Held-out rl_eval prompts, greedy responses; oracle = ground truth, win rates against SFT."))
+                table_rows(metrics), "Held-out rl_eval prompts, greedy responses (best-of-n: the RM's favourite of n samples at T = 1); "
+                "oracle = ground truth, win rates against SFT's greedy response; best-of-n's KL is analytic."))
             atomic_write_json(ec.metrics_file, metrics)
-            if curves:
-                fig = plot_overoptimization(curves)
+            points = {n: (m["kl_to_sft"], m["rm_score"], m["oracle_score"]) for n, m in metrics.items() if n.startswith("best_of_")}
+            if curves or points:
+                fig = plot_overoptimization(curves, points)
                 Path(ec.plot_file).parent.mkdir(parents=True, exist_ok=True)
                 fig.savefig(ec.plot_file, dpi=120)
                 tracking.log_figure(fig, "overoptimization.png")

@@ -44,17 +44,17 @@ class PretrainConfig:
     block_size: int = -1  # tokens per training sequence; -1 = model.block_size
     batch_size: int = 32  # sequences per optimizer step, all processes together
     micro_batch_size: int = 32  # sequences per forward pass per process
-    max_steps: int = 600  # optimizer steps
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # end of the cosine decay
+    max_steps: int = 1500  # optimizer steps
+    lr: float = 3e-3  # peak learning rate
+    min_lr: float = 3e-4  # end of the cosine decay
     warmup_steps: int = 50  # linear warm-up, steps
     weight_decay: float = 0.1  # AdamW decay on matmul weights
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    eval_every: int = 100  # steps between validation passes; 0 = only at the end
+    eval_every: int = 250  # steps between validation passes; 0 = only at the end
     eval_batches: int = 10  # micro-batches per validation pass
-    ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
+    ckpt_every: int = 500  # steps between checkpoints; 0 = only at the end
     resume: bool = False  # continue from the checkpoint in out_dir
     compile: bool = False  # torch.compile the model
     dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16

@@ -24,8 +24,8 @@ PARENT_ENV = "INSTRUCTFLOW_PARENT_RUN_ID"
 @dataclass
 class TrackingConfig:
     enabled: bool = True  # false: stages log nothing to MLflow
-    uri: str = "sqlite:///mlflow.db"  # MLflow tracking store (relative paths resolve from the cwd)
-    artifact_dir: str = "mlruns"  # where a new experiment stores artifacts (local folder or URI)
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking store (relative paths resolve from the cwd), or a server's http(s):// URL
+    artifact_dir: str = "mlruns"  # where a new experiment stores artifacts (local folder or URI); a server's own root for http(s) URIs unless a URI
     experiment: str = "instructflow"  # MLflow experiment name
     log_checkpoints: bool = True  # upload checkpoint folders as run artifacts
 
@@ -59,12 +59,36 @@ def setup(tcfg: TrackingConfig) -> str:
     if exp is not None:
         return exp.experiment_id
     loc = tcfg.artifact_dir
-    if "://" not in loc:
+    if tcfg.uri.startswith(("http://", "https://")) and "://" not in loc:
+        loc = None  # a tracking server: its own artifact root (proxied: `mlflow server --artifacts-destination`)
+    elif "://" not in loc:
         loc = Path(loc).resolve().as_uri()
     try:
         return mlflow.create_experiment(tcfg.experiment, artifact_location=loc)
     except mlflow.exceptions.MlflowException:  # created concurrently by another stage
         return mlflow.get_experiment_by_name(tcfg.experiment).experiment_id
+
+
+def config_params(cfg: Any, sections: list[str] | None = None) -> dict[str, str]:
+    """The resolved config (or its `sections`) as flat dotted MLflow params (values capped at 6000 chars)."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = {}
+    for s in sections if sections is not None else list(resolved):
+        params.update(flatten(resolved[s], f"{s}."))
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+def log_run_params(run_id: str, params: dict[str, str]) -> None:
+    """Params onto an existing run (e.g. the pipeline's parent), in MLflow's batches of 100."""
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient()
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
 @contextlib.contextmanager
@@ -84,9 +108,7 @@ def stage_run(cfg: Any, stage: str, sections: list[str], run_name: str | None = 
 
     exp_id = setup(tcfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    params = {}
-    for s in sections:
-        params.update(flatten(resolved[s], f"{s}."))
+    params = config_params(cfg, sections)
     tags = {"instructflow.stage": stage}
     if commit := git_commit():
         tags["git.commit"] = commit
@@ -95,7 +117,7 @@ def stage_run(cfg: Any, stage: str, sections: list[str], run_name: str | None = 
         experiment_id=exp_id, run_name=run_name or stage, parent_run_id=parent, tags=tags
     ) as run:
         # MLflow caps a param value at 6000 chars; long lists are summarised by the config artifact
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_params(params)
         mlflow.log_dict(resolved, "config.yaml")
         yield run
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("conf", "tasks", "model", "flows", "labels", "dvc.yaml", "pyproject.toml")
+PROJECT_FILES = ("conf", "tasks", "model", "flows", "labels", "dvc.yaml", "pyproject.toml", "prefect.yaml")
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -51,6 +52,7 @@ def make_project(dest: Path) -> Path:
     run_cmd(["git", "config", "user.email", "test@example.invalid"], dest)
     run_cmd(["git", "config", "user.name", "test"], dest)
     run_cmd([sys.executable, "-m", "dvc", "init", "-q"], dest)
+    shutil.copy2(ROOT / ".dvc/config", dest / ".dvc/config")  # the project's DVC settings (Hydra composition for `dvc exp run -S`)
     run_cmd([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], dest)
     run_cmd(["git", "add", "-A"], dest)
     run_cmd(["git", "commit", "-qm", "init"], dest)
@@ -75,6 +77,22 @@ def wait_http(url: str, timeout: float) -> None:
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"{url} not ready after {timeout}s")
+
+
+def start(args: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    """A service (server, worker) in its own process group, output to `log`; end it with `stop`."""
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the service's process group, SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture

@@ -1,32 +1,17 @@
-"""The README's deployment path: a Prefect server on 127.0.0.1, the served deployment
-`instructflow/local`, and `prefect deployment run ... --watch` driving the smoke pipeline."""
+"""The README's deployment paths on a Prefect server on 127.0.0.1: the served deployment
+`instructflow/local` driving the smoke pipeline, then `prefect.yaml`'s `instructflow/pool`
+deployed with `prefect deploy` to a process work pool and run by `prefect worker start`."""
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_cmd, wait_http
+from conftest import free_port, run_cmd, start, stop, wait_http
 
 pytestmark = pytest.mark.slow
-
-
-def start(args, cwd, env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
@@ -42,7 +27,7 @@ def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
     )
     prefect = str(Path(sys.executable).parent / "prefect")
     server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], project, env, tmp_path / "server.log")
-    served = None
+    served = worker = None
     try:
         wait_http(f"{api}/health", 120)
         served = start([sys.executable, "-m", "flows.serve"], project, env, tmp_path / "serve.log")
@@ -60,7 +45,23 @@ def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (tmp_path / "serve.log").read_text()[-3000:]
         assert "Completed" in proc.stdout + proc.stderr
         assert (project / "models/pretrain/model.safetensors").is_file()
+        stop(served)
+
+        # the work-pool path: prefect.yaml, a process pool, a worker (DVC has every stage cached now)
+        run_cmd([prefect, "work-pool", "create", "instructflow-process", "--type", "process"], project, env=env)
+        run_cmd([prefect, "--no-prompt", "deploy", "--all"], project, env={**env, "PWD": str(project)})
+        worker = start([prefect, "worker", "start", "--pool", "instructflow-process"], project, env, tmp_path / "worker.log")
+        proc = run_cmd(
+            [prefect, "deployment", "run", "instructflow/pool", "-p", 'overrides=["experiment=smoke"]', "--watch", "--watch-timeout", "300"],
+            project,
+            env=env,
+            check=False,
+            timeout=350,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (tmp_path / "worker.log").read_text()[-3000:]
+        assert "Completed" in proc.stdout + proc.stderr
     finally:
-        if served is not None:
-            stop(served)
+        for p in (served, worker):
+            if p is not None:
+                stop(p)
         stop(server)

@@ -4,6 +4,7 @@ alignment tax, and a samples file from which the table can be recomputed."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -30,11 +31,11 @@ def test_win_rates_ties_half_and_decisive():
 
 @pytest.fixture
 def policies(instruct_workspace) -> Path:
-    """models/{sft,ppo,ppo_ptx,rm} from the tiny GPT, and a tokenized validation split."""
+    """models/{sft,ppo,ppo_ptx,dpo,rm} from the tiny GPT, and a tokenized validation split."""
     base = load_checkpoint("models/pretrain")
     tok_path = base.tokenizer_path
     shutil.copytree("models/pretrain", "models/sft")
-    for name, seed in (("ppo", 1), ("ppo_ptx", 2)):
+    for name, seed in (("ppo", 1), ("ppo_ptx", 2), ("dpo", 3)):
         torch.manual_seed(seed)
         gpt = load_checkpoint("models/pretrain").model
         with torch.no_grad():
@@ -52,7 +53,7 @@ def policies(instruct_workspace) -> Path:
 
 def test_evaluate_every_policy(policies):
     metrics = evaluate.run(compose(QUICK))
-    assert list(metrics) == ["pretrain_few_shot", "sft", "ppo", "ppo_ptx"]
+    assert list(metrics) == ["pretrain_few_shot", "sft", "ppo", "ppo_ptx", "dpo", "best_of_1", "best_of_4", "best_of_16"]
     for name, m in metrics.items():
         for key in evaluate.TABLE_KEYS:
             assert key in m, (name, key)
@@ -62,13 +63,36 @@ def test_evaluate_every_policy(policies):
     assert sft["kl_to_sft"] == 0.0 and sft["win_rate_vs_sft"] == 0.5 and sft["decisive_win_rate_vs_sft"] is None
     # the samples file holds every policy's response to every prompt: the table recomputes from it
     rows = read_jsonl("metrics/evaluate_samples.jsonl")
-    assert len(rows) == 4 * 8 and set(rows[0]) == {"prompt_id", "policy", "response", "oracle_score", "rm_score"}
+    assert len(rows) == 8 * 8 and set(rows[0]) == {"prompt_id", "policy", "response", "oracle_score", "rm_score"}
     for name, m in metrics.items():
         mine = [r for r in rows if r["policy"] == name]
         assert sum(r["oracle_score"] for r in mine) / 8 == pytest.approx(m["oracle_score"])
         assert sum(r["rm_score"] for r in mine) / 8 == pytest.approx(m["rm_score"])
     assert json.loads(Path("metrics/evaluate.json").read_text())["ppo"]["oracle_score"] == metrics["ppo"]["oracle_score"]
     assert "| ppo_ptx |" in Path("metrics/evaluate_table.md").read_text()
+    # best-of-n: the analytic KL, the sampled policy's alignment tax, the RM score never below fewer samples'
+    assert metrics["best_of_1"]["kl_to_sft"] == 0.0 and metrics["best_of_16"]["kl_to_sft"] == pytest.approx(math.log(16) - 15 / 16)
+    assert metrics["best_of_4"]["pretrain_val_loss"] == sft["pretrain_val_loss"]
+    assert metrics["best_of_1"]["rm_score"] <= metrics["best_of_4"]["rm_score"] <= metrics["best_of_16"]["rm_score"]
+    assert Path("metrics/overoptimization.png").stat().st_size > 0
+
+
+def test_best_of_1_is_plain_sampling_with_the_same_seed(policies):
+    model = load_checkpoint("models/sft").model.eval()
+    tok = evaluate.strict_tokenizer(Path("models/sft"))
+    ec = evaluate.EvaluateConfig(max_new_tokens=8, seed=7)
+    contexts = [evaluate.encode_prompt(tok, r["prompt"])[0] for r in read_jsonl("data/raw/instructions/rl_eval.jsonl")[:6]]
+    calls = []
+
+    def score(texts):  # a reward that prefers longer texts; counts the samples it is asked to score
+        calls.append(len(texts))
+        return [float(len(t)) for t in texts]
+
+    kept = evaluate.best_of_n(model, tok, contexts, score, [1, 3], ec)
+    plain = evaluate.respond(model, tok, contexts, 8, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    assert [k["text"] for k in kept[1]] == [p["text"] for p in plain]
+    assert calls == [6, 6, 6]  # 3 samples per prompt, shared by n = 1 and n = 3
+    assert all(len(b["text"]) >= len(a["text"]) for a, b in zip(kept[1], kept[3]))
 
 
 def test_missing_policy_and_foreign_reward_model(policies):

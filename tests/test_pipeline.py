@@ -4,7 +4,9 @@ Real Prefect (test harness), real MLflow (SQLite in the scratch project), real D
 git repo): the three must agree on what ran.
 """
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,12 +21,31 @@ def dvc(project, *args, check=True):
 
 
 def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
-    from flows.pipeline import instructflow, stages
-    from tasks.config import compose
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    results = instructflow(["experiment=smoke"])
-    assert list(results) == stages(compose(["experiment=smoke"]))
+    from flows.pipeline import instructflow, stage_graph, stages
+
+    # more stages at once than the DAG ever has ready: DVC's lock phases must queue, not fail
+    results = instructflow(["experiment=smoke", "pipeline.concurrency=8"])
+    graph = stage_graph(project)
+    assert list(results) == stages(graph)
     assert all(r["ran"] == 1.0 for r in results.values())
+    # the stages ran as a DAG: each started after its upstream stages ended, and independent
+    # ones overlapped (the four fine-tuning tasks and prompt evaluation wait only for pretrain)
+    import asyncio
+
+    async def task_runs():
+        async with get_client() as client:
+            flow_runs = await client.read_flow_runs(sort="START_TIME_DESC", limit=1)
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_runs[0].id])))
+
+    spans = {t.name: (t.start_time, t.end_time) for t in asyncio.run(task_runs()) if t.name in graph}
+    assert set(spans) == set(graph)
+    for stage, ups in graph.items():
+        assert all(spans[u][1] <= spans[stage][0] for u in ups), stage
+    late = ["finetune@sentiment", "finetune@entailment", "finetune@paraphrase", "finetune@story_cloze", "prompt_eval"]
+    assert any(spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1] for a in late for b in late if a != b)
     assert results["pretrain"]["val_loss"] < results["pretrain"]["train_loss"] + 1.0
 
     client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
@@ -50,6 +71,7 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     assert isinstance(policy.predict(pd.DataFrame({"prompt": ["Describe the red ball in under 10 words."]}))[0], str)
     pre = by_stage["pretrain"]
     assert pre.data.params["pretrain.max_steps"] == "30" and "model.n_layer" in pre.data.params
+    assert parent.data.params["pretrain.max_steps"] == "30" and parent.data.params["ppo.beta"] == "0.05"  # the parent has them too
     assert "final/val_loss" in pre.data.metrics
     assert len(client.get_metric_history(pre.info.run_id, "train/loss")) >= 5
     assert any(a.path == "checkpoint" for a in client.list_artifacts(pre.info.run_id))
@@ -59,6 +81,16 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     assert "up to date" in dvc(project, "status").stdout
     repro = dvc(project, "repro")
     assert "Running stage" not in repro.stdout
+
+    # a stage run alone gives bit-identical numbers to the same stage run beside others
+    # (thread counts come from each stage's config, never from what runs at once)
+    def numbers(path: str) -> dict:
+        return {k: v for k, v in json.loads(Path(path).read_text()).items() if "second" not in k and "time" not in k}
+
+    parallel = {p: numbers(p) for p in ("metrics/finetune/sentiment.json", "metrics/finetune/paraphrase.json")}
+    dvc(project, "repro", "--single-item", "-f", "finetune@sentiment")
+    dvc(project, "repro", "--single-item", "-f", "finetune@paraphrase")
+    assert {p: numbers(p) for p in parallel} == parallel
 
     # a second flow run: DVC skips every stage, MLflow still gets a (cached) child per stage
     again = instructflow(["experiment=smoke"])
@@ -83,6 +115,23 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     repro = dvc(project, "repro", "pretrain").stdout
     assert "Running stage 'pretrain'" in repro
     assert "Running stage 'tokenize'" not in repro and "Running stage 'data'" not in repro
+
+    # DVC experiments: `dvc exp run -S` composes conf/ with Hydra itself and gets the params ours
+    # gives (nothing else turns stale); two experiments compare with `dvc metrics/plots diff`
+    run_cmd([sys.executable, "-m", "tasks.config", "experiment=smoke"], cwd=project)
+    dvc(project, "repro", "pretrain")
+    run_cmd(["git", "add", "-A"], project)
+    run_cmd(["git", "commit", "-qm", "smoke results"], project)
+    base = dvc(project, "exp", "run", "-n", "base", "-S", "experiment=smoke").stdout
+    assert "Running stage" not in base, base
+    fewer = dvc(project, "exp", "run", "-n", "fewer-items", "-S", "experiment=smoke", "-S", "prompt_eval.max_items=10").stdout
+    assert "Running stage 'prompt_eval'" in fewer and "Running stage 'pretrain'" not in fewer, fewer
+    show = dvc(project, "exp", "show", "--csv").stdout
+    assert "base" in show and "fewer-items" in show
+    diff = dvc(project, "metrics", "diff", "base", "fewer-items", "--json").stdout
+    assert "metrics/prompt_eval.json" in json.loads(diff)
+    dvc(project, "plots", "diff", "base", "fewer-items", "-o", "plots_diff")
+    assert (project / "plots_diff/index.html").is_file()
 
 
 def test_flow_bad_override_fails_fast_with_one_line(project):
