@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig, generate  # noqa: E402
+from model import GPT, GPTConfig, from_pretrained, generate  # noqa: E402
 from model.reward import RewardModel  # noqa: E402
 
 SHAPE = GPTConfig(vocab_size=1235, block_size=128, n_layer=4, n_head=4, n_embd=128)
@@ -39,7 +39,7 @@ def policy_and_prompts(sft: Path, episodes: int, g: torch.Generator):
         from model.tokenizer import Tokenizer
         from tasks.common import read_jsonl
 
-        model = GPT.from_pretrained(sft).eval()
+        model = from_pretrained(sft).eval()
         tok = Tokenizer.load(sft / "tokenizer.json")
         rows = read_jsonl(rows_path)[:episodes]
         return model, tok, [encode_prompt(tok, r["prompt"], 88)[0] for r in rows], rows

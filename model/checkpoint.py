@@ -185,7 +185,11 @@ def load_weights(model: GPT, tensors: dict[str, torch.Tensor], folder: Path) -> 
 def load_checkpoint(path, *, device="cpu", load_trainer: bool = False) -> Checkpoint:
     """Read a checkpoint folder written by `save_checkpoint`, the model on `device`."""
     folder = Path(path)
-    model = GPT.from_pretrained(folder).to(device)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder}: folder not found")
+    model = GPT(config_from_dict(read_json(folder, CONFIG), folder))
+    load_weights(model, read_tensors(folder, WEIGHTS), folder)
+    model = model.to(device)
     meta = read_json(folder, META)
     trainer_state = None
     if load_trainer and (folder / TRAINER).is_file():

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -262,28 +261,3 @@ class GPT(nn.Module):
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
-
-    @classmethod
-    def from_pretrained(cls, path, *, dropout: float | None = None) -> GPT:
-        """Load our checkpoint folder or a Hugging Face GPT-2 folder (config.json + model.safetensors).
-
-        The kind is told by config.json: `model_type: gpt2` is Hugging Face. Weights are read with
-        safetensors only (no pickles). `dropout` overrides the stored value (HF: resid_pdrop).
-        """
-        from model import checkpoint, hf  # both import this module
-
-        folder = Path(path)
-        if not folder.is_dir():
-            raise checkpoint.CheckpointError(f"checkpoint {folder}: folder not found")
-        raw = checkpoint.read_json(folder, checkpoint.CONFIG)
-        tensors = checkpoint.read_tensors(folder, checkpoint.WEIGHTS)
-        if raw.get("model_type") == "gpt2":
-            config = hf.config_from_hf(raw, folder)
-            tensors = hf.state_dict_from_hf(tensors, folder)
-        else:
-            config = checkpoint.config_from_dict(raw, folder)
-        if dropout is not None:
-            config = replace(config, dropout=dropout)
-        model = cls(config)
-        checkpoint.load_weights(model, tensors, folder)
-        return model

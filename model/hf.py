@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 interop: import (via `GPT.from_pretrained`) and export of our checkpoints.
+"""Hugging Face GPT-2 interop: import (via `model.from_pretrained`) and export of our checkpoints.
 
 HF GPT-2 stores attention/MLP weights as `Conv1D` (in, out), the transpose of nn.Linear, and is
 always pre-LN with biases, so only pre-LN models export. Importing needs only safetensors and

@@ -26,6 +26,7 @@ import torch
 from model.checkpoint import CheckpointError
 from model.generate import _pick
 from model.gpt import GPT, KVCache
+from model.load import from_pretrained
 from model.instruct import encode_prompt
 from model.tokenizer import Tokenizer, TokenizerError
 
@@ -92,7 +93,7 @@ def answer(model: GPT, tok: Tokenizer, prompt: str, args, out=sys.stdout) -> str
 def load(folder: Path) -> tuple[GPT, Tokenizer]:
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint folder not found")
-    model = GPT.from_pretrained(folder)
+    model = from_pretrained(folder)
     try:
         tok = Tokenizer.load(folder / "tokenizer.json")
     except (OSError, TokenizerError, ValueError) as e:

@@ -46,37 +46,16 @@ from omegaconf import OmegaConf
 from model import load_checkpoint
 from model.instruct import respond
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main, write_jsonl
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, write_jsonl
+from tasks.config import stage_main
 from tasks.labels import label_key, parse_ranking, read_candidates, read_labels
 from tasks.sft import strict_tokenizer
 from tasks.world import oracle
+from tasks.schema import CollectRankingsConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 LABELERS = ("oracle", "human", "file")
 COLUMNS = ("id", "kind", "prompt", "responses", "sources", "ranking", "labeler", "time")
 
-
-@dataclass
-class CollectRankingsConfig:
-    prompts_file: str = "data/raw/instructions/rl_prompts.jsonl"  # rows {id, kind, prompt, meta}
-    n_prompts: int = -1  # the first N prompts get candidates; -1 = all
-    policies: list[str] = field(default_factory=lambda: ["models/sft"])  # checkpoints; response i from policies[i % P]
-    temperatures: list[float] = field(default_factory=lambda: [0.8, 1.0, 1.2, 1.5])  # response i at temperatures[i % T]
-    top_p: float = 1.0  # nucleus sampling; 1.0 = off
-    k: int = 4  # responses per prompt (the paper: 4 to 9)
-    max_new_tokens: int = 40  # response budget, tokens
-    batch_size: int = 64  # prompts per generation batch
-    candidates_file: str = "data/rankings/candidates.jsonl"
-    candidates_csv: str = "data/rankings/candidates.csv"  # the same for labelling tools
-    candidates_metrics: str = "metrics/candidates.json"  # tie share, labeler agreement, score by source
-    labeler: str = "oracle"  # oracle | human | file
-    oracle_noise: float = 0.09  # ranking temperature of the oracle labeler (score units)
-    labels_file: str = "labels/human.jsonl"  # human: the append-only answers of the ranking form
-    import_file: str = "labels/rankings.csv"  # file: rankings from a labelling tool (id, ranking)
-    human_timeout_s: int = 3600  # human: how long the flow waits for one answer
-    out_file: str = "data/rankings/rankings.parquet"
-    metrics_file: str = "metrics/collect_rankings.json"
-    seed: int = 1337  # sampling and the oracle labeler's noise
-    threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
 def check_config(rc: CollectRankingsConfig) -> None:

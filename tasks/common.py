@@ -1,12 +1,7 @@
-"""Plumbing shared by every stage: errors, atomic writes, devices, seeds, the `__main__` wrapper.
+"""Plumbing shared by every stage: errors, atomic writes, devices, seeds, threads, tables.
 
-Every stage module ends with::
-
-    if __name__ == "__main__":
-        stage_main(run)
-
-which parses ``[--params params.yaml] [hydra overrides ...]``, validates the config, runs the
-stage and turns any bad-input error into one line on stderr and exit status 2.
+It imports nothing of the project; the `__main__` wrapper every stage ends with
+(`stage_main`) lives in `tasks/config.py`, beside the config it composes.
 """
 
 from __future__ import annotations
@@ -16,8 +11,7 @@ import json
 import os
 import random
 import shutil
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,34 +121,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def stage_main(run: Callable[[Any], dict], argv: list[str] | None = None) -> None:
-    """`python -m tasks.<stage> [--params params.yaml] [overrides ...]` for a stage's `run(cfg)`.
-
-    With `--params` the resolved config is read from that file (how `dvc repro` runs stages);
-    otherwise `conf/` is composed with the overrides. Bad input exits 2 with one line.
-    """
-    from model.checkpoint import CheckpointError
-    from tasks.config import ConfigError, compose, load_params
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["--params"]:
-            if len(argv) < 2:
-                raise ConfigError("--params needs a file name")
-            cfg = load_params(argv[1], argv[2:])
-        else:
-            cfg = compose(argv)
-        metrics = run(cfg)
-    except (InputError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    if metrics:
-        print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 def markdown_table(rows: list[dict], caption: str = "", digits: int = 3) -> str:

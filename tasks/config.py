@@ -2,33 +2,35 @@
 
     python -m tasks.config experiment=smoke pretrain.lr=1e-3   # writes params.yaml, prints it
 
-Each section's schema is the dataclass of the code that owns it (`tasks/<stage>.py`,
-`tasks/tracking.py`); `Config` below only assembles them. An unknown key or a wrong type is
-one `ConfigError` line naming the key.
+Each section's schema is a dataclass of `tasks/schema.py` (which imports no stage);
+`Config` below only assembles them, so this module never imports a stage module and a broken
+stage breaks only its own entry point. An unknown key or a wrong type is one `ConfigError`
+line naming the key.
+
+Every stage module ends with::
+
+    if __name__ == "__main__":
+        stage_main(run)
+
+which parses ``[--params params.yaml] [hydra overrides ...]``, validates the config, runs the
+stage and turns any bad-input error into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tasks.common import atomic_write_text
-from tasks.data import DataConfig
-from tasks.dpo import DPOConfig
-from tasks.evaluate import EvaluateConfig
-from tasks.finetune import FinetuneConfig
-from tasks.pretrain import PretrainConfig
-from tasks.sft import SFTConfig
-from tasks.collect_rankings import CollectRankingsConfig
-from tasks.prompt_eval import PromptEvalConfig
-from tasks.tokenize import TokenizerConfig
-from tasks.tracking import TrackingConfig
-from tasks.train_rm import TrainRMConfig
-from tasks.ppo import PPOConfig
+from tasks.common import InputError, atomic_write_text
+from tasks.schema import (CollectRankingsConfig, DataConfig, DPOConfig, EvaluateConfig, FinetuneConfig, PPOConfig, PretrainConfig,
+                          PromptEvalConfig, SFTConfig, TokenizerConfig, TrackingConfig, TrainRMConfig)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PARAMS_FILE = "params.yaml"
@@ -139,6 +141,33 @@ def write_params(cfg: DictConfig, path: str | Path = PARAMS_FILE) -> Path:
     """Write the resolved config where DVC reads its params."""
     header = "# Written by `python -m tasks.config` / the pipeline flow from conf/. Edit conf/, not this.\n"
     return atomic_write_text(path, header + OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def stage_main(run: Callable[[Any], dict], argv: list[str] | None = None) -> None:
+    """`python -m tasks.<stage> [--params params.yaml] [overrides ...]` for a stage's `run(cfg)`.
+
+    With `--params` the resolved config is read from that file (how `dvc repro` runs stages);
+    otherwise `conf/` is composed with the overrides. Bad input exits 2 with one line.
+    """
+    from model.checkpoint import CheckpointError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["--params"]:
+            if len(argv) < 2:
+                raise ConfigError("--params needs a file name")
+            cfg = load_params(argv[1], argv[2:])
+        else:
+            cfg = compose(argv)
+        metrics = run(cfg)
+    except (InputError, ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if metrics:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,74 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import tracking
-from tasks.common import InputError, atomic_dir, atomic_write_json, read_jsonl, stage_main, write_jsonl
+from tasks.common import InputError, atomic_dir, atomic_write_json, read_jsonl, write_jsonl
+from tasks.config import stage_main
 from tasks.world import build
 from tasks.world.baselines import difficulty, majority
 from tasks.world.instructions import sample_responses
 from tasks.world.oracle import DEFAULT_NOISE, labeler_agreement
 from tasks.world.prompts import PROMPT_TASKS
 from tasks.world.tasks import TASKS
+from tasks.schema import UserTaskConfig, InstructionFilesConfig, DataConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 TASK_FIELDS = {"classification": ("text",), "entailment": ("premise", "hypothesis"),
                "similarity": ("text_a", "text_b"), "multiple_choice": ("context", "choices")}
 INSTRUCTION_SPLITS = ("sft_train", "sft_val", "rl_prompts", "rl_eval")
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 
-
-@dataclass
-class UserTaskConfig:
-    """A labelled task read from files into tasks/<name>/ (row N = N-th record; CSV header not counted)."""
-
-    name: str = ""  # folder name under tasks/: letters, digits, '_', '-', '.'
-    type: str = "classification"  # classification | entailment | similarity | multiple_choice
-    train: str = ""  # path of the train split (.jsonl, .csv or .parquet)
-    val: str = ""  # path of the validation split
-    test: str = ""  # path of the test split
-    # contract field -> column in the files, e.g. {text: review, label: stars}; a field not named
-    # here is read from the column of its own name. multiple_choice `choices`: one column holding
-    # a list (a JSON list in CSV) or comma-separated columns, e.g. "ending0,ending1,ending2,ending3"
-    columns: dict[str, str] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)  # class names (not for multiple_choice); others are errors
-    n_choices: int = 0  # multiple_choice: choices per row; 0 = as many as the first train row has
-
-
-@dataclass
-class InstructionFilesConfig:
-    """Your own instructions (.jsonl/.csv/.parquet, fields prompt, response [, id, kind, meta]); all four or none."""
-
-    sft_train: str = ""  # demonstrations for SFT: prompt + response
-    sft_val: str = ""  # held-out demonstrations
-    rl_prompts: str = ""  # prompts for rankings and PPO (response not needed)
-    rl_eval: str = ""  # held-out prompts for evaluation
-
-
-@dataclass
-class DataConfig:
-    source: str = "world"  # world | pydoc | files | hf: where the corpus comes from
-    out_dir: str = "data/raw"  # stage output: corpus.jsonl, tasks/, prompts/, instructions/, stats.json
-    seed_offset: int = 0  # the world uses seed + seed_offset (another offset: another world, same config)
-    # --- the world (source=world; the sizes also apply to the world tasks added to other sources)
-    corpus_mb: float = 3.0  # world corpus size, MB of UTF-8 text (1 MB = 1e6 bytes)
-    n_train: int = 300  # examples per world task split, rounded down to a multiple of the class count
-    n_val: int = 150
-    n_test: int = 300
-    n_prompt_train: int = 64  # few-shot pool per prompt task (antonym: at most 12 words)
-    n_prompt_test: int = 200  # scored items per prompt task (antonym: the remaining ~40 words)
-    n_sft_train: int = 1500  # demonstrations
-    n_sft_val: int = 150
-    n_rl_prompts: int = 1000  # prompts for rankings and PPO
-    n_rl_eval: int = 200  # held-out prompts
-    oracle_noise: float = DEFAULT_NOISE  # ranking temperature, score units; 0 = exact; 0.09 -> ~73% pair agreement
-    include_world_tasks: bool = True  # pydoc/files/hf: also write the world's tasks, prompts, instructions
-    # --- your own data (any source)
-    paths: list[str] = field(default_factory=list)  # source=files: corpus files (.txt/.jsonl/.csv/.parquet)
-    text_column: str = "text"  # the document column of .jsonl/.csv/.parquet corpora and of hf datasets
-    txt_mode: str = "paragraph"  # .txt: paragraph = one document per blank-line-separated block | file
-    max_docs: int = -1  # pydoc/files/hf: keep the first N documents; -1 = all
-    tasks: list[UserTaskConfig] = field(default_factory=list)  # labelled tasks from files
-    instructions: InstructionFilesConfig = field(default_factory=InstructionFilesConfig)
-    hf_path: str = ""  # source=hf: a local dataset folder (save_to_disk, or data files); never downloaded
-    hf_split: str = "train"  # source=hf: the split of a DatasetDict
 
 
 # ---- reading files

@@ -41,49 +41,21 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from model import GPT, load_checkpoint, save_checkpoint, rl
+from model import GPT, load_checkpoint, save_checkpoint, rl, from_pretrained
 from model.instruct import MIN_NEW_TOKENS, encode_example, encode_prompt, pad_right, respond, response_logprobs, response_targets
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, stage_main, torch_threads
+from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, torch_threads
+from tasks.config import stage_main
 from tasks.ppo import checkpoint_dir, generator, read_prompts, rm_split, same_tokenizer
 from tasks.sft import epoch_order, strict_tokenizer
 from tasks.train_rm import read_rankings, split_of
 from tasks.world.oracle import score as oracle_score
+from tasks.schema import DPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 PAIRS = ("all", "best_vs_rest")
 
-
-@dataclass
-class DPOConfig:
-    policy: str = "models/sft"  # the policy's start (a checkpoint with tokenizer.json)
-    reference: str = "models/sft"  # the frozen reference; must share the policy's tokenizer
-    rankings_file: str = "data/rankings/rankings.parquet"  # collect_rankings: id, kind, prompt, responses, ranking
-    reward_model: str = "models/rm"  # its recorded split and its score of the eval samples; "" = train_rm's config, no RM score
-    prompts_file: str = "data/raw/instructions/rl_prompts.jsonl"  # the oracle's meta; eval prompts: the RM's held-out split
-    out_dir: str = "models/dpo"
-    metrics_file: str = "metrics/dpo.json"
-    curve_file: str = "metrics/dpo_curve.csv"  # one row per logged step; eval columns every eval_every steps
-    pairs: str = "all"  # all: C(K,2) pairs per ranking | best_vs_rest: K - 1 pairs of the top response
-    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
-    beta: float = 0.1  # DPO's β (TRL's default 0.1); > 0
-    epochs: int = 1  # passes over the training pairs
-    batch_size: int = 16  # pairs per optimizer step
-    lr: float = 5e-5  # peak learning rate (linear warm-up, then cosine decay to min_lr)
-    min_lr: float = 0.0
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    eval_every: int = 50  # steps between held-out evaluations (and at start and end); 0 = start and end only
-    eval_prompts: int = 100  # held-out prompts per evaluation; 0 = none
-    max_new_tokens: int = 40  # response budget of the evaluation samples, tokens
-    ckpt_every: int = 100  # steps between checkpoints; 0 = only at the end
-    resume: bool = False  # continue from the checkpoint in out_dir
-    log_every: int = 10  # steps between logged rows
-    progress: bool = True  # a line per logged row on stderr
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    seed: int = 1337  # pair order, evaluation samples
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -246,7 +218,7 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
     resume = dc.resume and (out_dir / "trainer.pt").is_file()
     start = load_checkpoint(out_dir if resume else policy_dir, device=device, load_trainer=resume)
     policy = start.model.float()
-    ref = GPT.from_pretrained(ref_dir).to(device).float().eval().requires_grad_(False)
+    ref = from_pretrained(ref_dir).to(device).float().eval().requires_grad_(False)
     for m in (policy, ref):
         for mod in m.modules():
             if isinstance(mod, torch.nn.Dropout):

@@ -49,38 +49,12 @@ from model.instruct import (MIN_NEW_TOKENS, encode_example, encode_prompt, encod
                             response_logprobs, response_targets)
 from model.reward import RewardModel
 from tasks import tracking
-from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device,
-                          stage_main, torch_threads, write_jsonl)
+from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device, torch_threads, write_jsonl)
+from tasks.config import stage_main
 from tasks.sft import few_shot_context, read_demos, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
+from tasks.schema import EvaluateConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-
-@dataclass
-class EvaluateConfig:
-    prompts_file: str = "data/raw/instructions/rl_eval.jsonl"  # held-out prompts {id, kind, prompt, meta}
-    max_prompts: int = -1  # the first N held-out prompts; -1 = all
-    pretrain: str = "models/pretrain"  # the pre-trained model, prompted few-shot; "" = leave that row out
-    demos_file: str = "data/raw/instructions/sft_train.jsonl"  # the few-shot baseline's demonstrations
-    few_shot_k: int = 3  # demonstrations in context for the few-shot baseline (as many as fit)
-    policies: dict[str, str] = field(default_factory=lambda: {"sft": "models/sft", "ppo": "models/ppo", "ppo_ptx": "models/ppo_ptx",
-                                                              "dpo": "models/dpo"})
-    reference: str = "sft"  # the policy win rates and KL are measured against
-    reward_model: str = "models/rm"  # scores every response (normalised units)
-    max_new_tokens: int = 40  # response budget, tokens
-    batch_size: int = 64  # prompts per generation batch
-    pretrain_data: str = "data/tokenized"  # val.bin: the alignment tax's pre-training loss
-    val_windows: int = 64  # pre-training validation windows (fixed, seeded)
-    prompt_eval_items: int = 100  # zero-shot prompt-eval items per task and policy; 0 = skip the prompt-eval tax
-    best_of_n: list[int] = field(default_factory=lambda: [1, 4, 16])  # best-of-n rows (RM's favourite of n samples); [] = none
-    best_of_n_from: str = "sft"  # the policy best-of-n samples from (one of policies)
-    curves: list[str] = field(default_factory=lambda: ["metrics/ppo/ppo_curve.csv", "metrics/ppo/ppo_ptx_curve.csv", "metrics/dpo_curve.csv"])
-    register_policy: str = "ppo_ptx"  # registered in MLflow's model registry with the reward model; "" = none
-    metrics_file: str = "metrics/evaluate.json"
-    samples_file: str = "metrics/evaluate_samples.jsonl"
-    table_file: str = "metrics/evaluate_table.md"
-    plot_file: str = "metrics/overoptimization.png"
-    seed: int = 1337  # KL samples, few-shot demonstrations
-    threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
 @torch.no_grad()

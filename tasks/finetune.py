@@ -55,45 +55,14 @@ from model import GPT, load_checkpoint, save_checkpoint
 from model.heads import TaskHead, TaskModel
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, read_json, read_jsonl, resolve_device, stage_main, torch_threads
+from tasks.common import InputError, atomic_write_json, read_json, read_jsonl, resolve_device, torch_threads
+from tasks.config import stage_main
 from tasks.data import TASK_FIELDS as TASK_TYPES  # the data contract: task type -> text fields of a row
+from tasks.schema import AblationGrid, FinetuneConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 INITS = ("pretrain", "scratch")
 SPLITS = ("train", "val", "test")
 
-
-@dataclass
-class AblationGrid:
-    init: list[str] = field(default_factory=lambda: ["pretrain", "scratch"])  # pretrain | scratch
-    lm_coef: list[float] = field(default_factory=lambda: [0.0, 0.5])  # λ values
-
-
-@dataclass
-class FinetuneConfig:
-    tasks: list[str] = field(default_factory=lambda: ["sentiment", "entailment", "paraphrase", "story_cloze"])
-    task: str = "sentiment"  # the one task this invocation fine-tunes (a folder under <data_dir>/tasks/)
-    init: str = "pretrain"  # main setting: pretrain (pretrained_dir weights) | scratch (random, same shape)
-    lm_coef: float = 0.5  # λ in L3 = L2 + λ·L1; 0 = no auxiliary LM loss (not even computed)
-    ablations: AblationGrid = field(default_factory=AblationGrid)  # extra settings; a list empty = main only
-    epochs: int = 3  # passes over the training split
-    batch_size: int = 8  # examples per optimizer step
-    lr: float = 3e-4  # peak learning rate
-    warmup_fraction: float = 0.05  # share of all steps spent in linear warm-up
-    weight_decay: float = 0.01  # AdamW decay on matmul weights
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    clf_dropout: float = 0.1  # dropout on the classifier input
-    max_len: int = -1  # tokens per sequence after the transform; -1 = the model's block_size
-    max_train_rows: int = -1  # use only the first N training rows; -1 = all
-    eval_batch_size: int = 128  # examples per forward pass when evaluating
-    seed: int = 1337  # init of head / scratch body, data order
-    threads: int = 1  # torch CPU threads; 0 = torch's default (one per core)
-    progress: bool = True  # one line per epoch on stderr
-    pretrained_dir: str = "models/pretrain"  # checkpoint folder with tokenizer.json
-    data_dir: str = "data/raw"  # reads tasks/<task>/{task.json,train,val,test.jsonl}
-    out_dir: str = "models/finetune"  # writes <out_dir>/<task>/ (main setting)
-    metrics_dir: str = "metrics/finetune"  # writes <metrics_dir>/<task>.json (all settings)
-    report_file: str = "metrics/finetune.json"  # finetune_report: all tasks merged
-    table_file: str = "metrics/finetune_table.md"  # finetune_report: the markdown table
 
 
 # --- the task data -----------------------------------------------------------------------------

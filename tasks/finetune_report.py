@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json, stage_main
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json
+from tasks.config import stage_main
 from tasks.finetune import INITS, FinetuneConfig
 
 

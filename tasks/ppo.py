@@ -70,68 +70,25 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from model import GPT, load_checkpoint, save_checkpoint
+from model import GPT, load_checkpoint, save_checkpoint, from_pretrained
 from model import rl
 from model.checkpoint import CheckpointError
 from model.instruct import MIN_NEW_TOKENS, encode_prompt, pad_right, respond, response_logprobs, response_targets
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, stage_main, torch_threads
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, torch_threads
+from tasks.config import stage_main
 from tasks.pretrain import load_tokens, step_offsets, window_batch
 from tasks.sft import epoch_order, strict_tokenizer
 from tasks.train_rm import split_of
 from tasks.world.oracle import score as oracle_score
+from tasks.schema import PPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 REWARDS = ("rm", "oracle")
 VALUES = ("rm", "sft", "shared")
 VALUE_PREFIX = "value."  # the value model's tensors in the checkpoint's heads.safetensors
 
-
-@dataclass
-class PPOConfig:
-    variant: str = "ppo"  # this run's name: writes {models_dir}/{variant}/, {metrics_dir}/{variant}.json, {variant}_curve.csv
-    variants: dict[str, Any] = field(default_factory=lambda: {"ppo": {}, "ppo_ptx": {"ptx_coef": 1.0}, "ppo_gold": {"reward": "oracle"}})  # per variant: the settings it overrides
-    policy: str = "models/sft"  # the policy's start and the frozen KL reference (a checkpoint with tokenizer.json)
-    reward_model: str = "models/rm"  # the frozen reward model (RewardModel checkpoint); also the value model's start
-    prompts_file: str = "data/raw/instructions/rl_prompts.jsonl"  # rows {id, kind, prompt, meta}
-    pretrain_data: str = "data/tokenized"  # train.bin for PPO-ptx; never read when ptx_coef = 0
-    models_dir: str = "models"  # the checkpoint goes to {models_dir}/{variant}
-    metrics_dir: str = "metrics/ppo"  # {variant}.json (final metrics) and {variant}_curve.csv (per update)
-    reward: str = "rm"  # rm: the reward model's normalised score | oracle: the world's oracle (the gold-reward run)
-    value: str = "shared"  # value model: rm (separate, from the RM) | sft (separate, SFT trunk, zero head) | shared (head on the policy trunk)
-    updates: int = 60  # PPO updates, each one rollout batch
-    episodes: int = 64  # prompts per rollout batch, one sampled response each
-    minibatch: int = 16  # episodes per gradient step
-    ppo_epochs: int = 2  # passes over each rollout batch (the paper: 1)
-    lr: float = 5e-5  # policy AdamW learning rate, constant
-    value_lr: float = 1e-3  # value model AdamW learning rate, constant
-    vf_coef: float = 0.1  # weight of the value loss in the loss (matters with value=shared, where it reaches the trunk)
-    beta: float = 0.05  # KL coefficient β (per token, nats; the paper: 0.02); >= 0
-    kl_estimator: str = "k1"  # the penalty's per-token KL: k1 = log π − log π_ref | k3 = (r − 1) − log r, r = π_ref/π
-    kl_target: float = 0.0  # adaptive β toward this KL (nats per response); 0 = β fixed
-    kl_horizon: int = 10000  # adaptive β's horizon, episodes (lm-human-preferences: 10,000)
-    gamma: float = 1.0  # GAE discount per token (the paper: none, 1)
-    lam: float = 0.95  # GAE λ
-    clip: float = 0.2  # PPO ratio clip ε
-    value_clip: float = 0.2  # value clip, in normalised reward units
-    whiten: bool = True  # whiten advantages over each rollout batch
-    grad_clip: float = 1.0  # max global grad norm, policy and value model each; 0 = off
-    temperature: float = 1.0  # sampling temperature (the paper: 1); log-probs use logits / temperature
-    max_new_tokens: int = 40  # response-length limit, tokens (the prompt is left-cut so this many fit)
-    no_eos_penalty: float = 1.0  # subtracted from the score of a response cut off without EOS; 0 = none
-    ptx_coef: float = 0.0  # γ_ptx: weight of the pre-training loss on every minibatch (PPO-ptx); 0 = plain PPO
-    ptx_batch_size: int = 8  # pre-training windows per minibatch
-    ptx_block: int = -1  # tokens per pre-training window; -1 = the model's block_size
-    eval_every: int = 10  # updates between greedy evaluations on held-out prompts; 0 = at start and end only
-    eval_prompts: int = 100  # held-out prompts (the RM's held-out split of prompts_file) evaluated; 0 = none
-    samples_every: int = 10  # updates between tables of sampled responses (MLflow); 0 = none
-    n_samples: int = 8  # rows per samples table
-    ckpt_every: int = 10  # updates between checkpoints; 0 = only at the end
-    resume: bool = False  # continue from the checkpoint in {models_dir}/{variant}
-    progress: bool = True  # a line per update on stderr
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    seed: int = 1337  # prompt order, sampling, minibatch order, pre-training windows
 
 
 # generator streams: each random draw of an update is a pure function of (seed, stream, index)
@@ -423,7 +380,7 @@ def build_critic(pc: PPOConfig, policy: GPT, rm_dir: Path | None, sft: Path, dev
     if pc.value == "rm":
         critic = RewardModel.load(rm_dir, device=device, dropout=0.0)
     else:
-        critic = RewardModel(policy if pc.value == "shared" else GPT.from_pretrained(sft).to(device))
+        critic = RewardModel(policy if pc.value == "shared" else from_pretrained(sft).to(device))
         torch.nn.init.zeros_(critic.head.weight)  # lm-human-preferences: the value head starts at 0
     no_dropout(critic)
     return critic.float().to(device)
@@ -514,7 +471,7 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     train_rows, held_rows = read_prompts(pc.prompts_file, split)
     out_dir = Path(pc.models_dir) / pc.variant
     metrics_dir = Path(pc.metrics_dir)
-    ref = GPT.from_pretrained(sft).to(device).float().eval()
+    ref = from_pretrained(sft).to(device).float().eval()
     ref.requires_grad_(False)
     block = ref.config.block_size
     if pc.max_new_tokens > block - 8:

@@ -29,38 +29,12 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint, from_pretrained
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, stage_main
+from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device
+from tasks.config import stage_main
+from tasks.schema import PretrainConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-
-@dataclass
-class PretrainConfig:
-    data_dir: str = "data/tokenized"  # train.bin, val.bin, meta.json, tokenizer.json
-    out_dir: str = "models/pretrain"  # checkpoint folder
-    metrics_file: str = "metrics/pretrain.json"  # final metrics (DVC metrics)
-    curve_file: str = "metrics/pretrain_curve.csv"  # step,train_loss,val_loss (DVC plot)
-    init: str = "scratch"  # scratch | checkpoint folder | Hugging Face GPT-2 folder
-    block_size: int = -1  # tokens per training sequence; -1 = model.block_size
-    batch_size: int = 32  # sequences per optimizer step, all processes together
-    micro_batch_size: int = 32  # sequences per forward pass per process
-    max_steps: int = 1500  # optimizer steps
-    lr: float = 3e-3  # peak learning rate
-    min_lr: float = 3e-4  # end of the cosine decay
-    warmup_steps: int = 50  # linear warm-up, steps
-    weight_decay: float = 0.1  # AdamW decay on matmul weights
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    eval_every: int = 250  # steps between validation passes; 0 = only at the end
-    eval_batches: int = 10  # micro-batches per validation pass
-    ckpt_every: int = 500  # steps between checkpoints; 0 = only at the end
-    resume: bool = False  # continue from the checkpoint in out_dir
-    compile: bool = False  # torch.compile the model
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA) | float32 | bfloat16
-    log_every: int = 10  # steps between metric logs
-    progress: bool = True  # progress bar with tokens/s
-    threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
 class NonFiniteLoss(InputError):
@@ -140,7 +114,7 @@ class Trainer:
             ckpt = load_checkpoint(resume_from, load_trainer=True)
             self.model, self.trainer_state = ckpt.model, ckpt.trainer_state
         elif pc.init != "scratch":
-            self.model = GPT.from_pretrained(pc.init, dropout=mc.dropout)
+            self.model = from_pretrained(pc.init, dropout=mc.dropout)
         else:
             torch.manual_seed(cfg.seed)
             gcfg = GPTConfig(vocab_size=self.meta["vocab_size"], **{k: v for k, v in OmegaConf.to_container(mc).items() if k != "name"})

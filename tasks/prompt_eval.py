@@ -41,48 +41,16 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from model import GPT, KVCache, generate
+from model import GPT, KVCache, generate, from_pretrained
 from model.tokenizer import SPECIALS, Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json, read_jsonl, resolve_device, stage_main
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json, read_jsonl, resolve_device
+from tasks.config import stage_main
+from tasks.schema import PromptTemplate, PromptEvalConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 KINDS = ("choice", "generate")
 TOO_LONG = ("error", "skip")
 
-
-@dataclass
-class PromptTemplate:
-    """How one task is posed as text; `{field}`s are filled from the task's rows (str.format)."""
-
-    template: str = ""  # the query, e.g. "Review: {text}\nSentiment:" (fields of task.json)
-    task: str = ""  # the data folder under data_dir; "" = this template's own name
-    target: str = " {answer}"  # what follows the query: each choice scored, or an example's solution
-    instruction: str = ""  # task description placed before the examples ("" = none); no fields
-    verbalizer: dict[str, str] = field(default_factory=dict)  # answer -> the words {answer} becomes ({} = itself)
-    example_separator: str = "\n\n"  # between the instruction, each solved example and the query
-    stop: list[str] = field(default_factory=lambda: ["\n"])  # generate tasks: the answer ends at the first of these
-    max_new_tokens: int = 8  # generate tasks: greedy decoding budget, tokens
-
-
-@dataclass
-class PromptEvalConfig:
-    model: str = "pretrain"  # a name in `checkpoints`, or any checkpoint folder / Hugging Face GPT-2 folder
-    checkpoints: dict[str, str] = field(
-        default_factory=lambda: {"pretrain": "models/pretrain", "sft": "models/sft", "ppo": "models/ppo"}
-    )  # checkpoint names -> folders
-    tokenizer_path: str = ""  # "" = tokenizer.json inside the model folder
-    data_dir: str = "data/raw/prompts"  # <task>/task.json, train.jsonl, test.jsonl
-    tasks: dict[str, PromptTemplate] = field(default_factory=dict)  # task name -> its template
-    select: list[str] = field(default_factory=list)  # tasks to evaluate; [] = every task in `tasks`
-    shots: list[int] = field(default_factory=lambda: [0, 1, 4])  # k solved examples before each query
-    max_items: int = 200  # test items per task (the first ones); -1 = all
-    seed: int = 1337  # draws each item's examples
-    batch_size: int = 64  # sequences per forward pass (an item's choices are never split)
-    too_long: str = "error"  # a query that alone overflows the window: error | skip (counted as `skipped`)
-    metrics_file: str = "metrics/prompt_eval.json"  # {model: {task: {k<k>: {acc, acc_norm, n, chance, ...}}}}
-    table_file: str = "metrics/prompt_eval_table.md"  # accuracy by task and k, chance beside it
-    curve_file: str = "metrics/prompt_eval_curve.csv"  # model,task,k,acc,chance (DVC plot)
-    plot_file: str = "metrics/prompt_eval_curve.png"  # accuracy against k, one panel per task
 
 
 class QueryTooLong(InputError):
@@ -448,7 +416,7 @@ def load_model(pc: PromptEvalConfig, device: str) -> tuple[str, GPT, Tokenizer]:
             raise InputError(
                 f"prompt_eval.model={pc.model}: neither a checkpoint name ({', '.join(pc.checkpoints)}) nor a folder"
             )
-    model = GPT.from_pretrained(folder, dropout=0.0).to(device).float().eval()
+    model = from_pretrained(folder, dropout=0.0).to(device).float().eval()
     tok_path = Path(pc.tokenizer_path) if pc.tokenizer_path else folder / "tokenizer.json"
     if not tok_path.is_file():
         raise InputError(f"{tok_path}: tokenizer not found (set prompt_eval.tokenizer_path)")

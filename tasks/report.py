@@ -73,20 +73,27 @@ def stamp() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads by default (stage `threads` settings apply); {config}.")
 
 
-def body(m: Path) -> str:
-    out = ["Runs of the same commit with the same thread counts give these numbers bit for bit (measured); "
-           "another thread count changes the float summation order, so low digits differ.", ""]
+def sections(m: Path) -> dict[str, str]:
+    """The page's sections by name (README blocks `<!-- results:NAME -->` include them)."""
+    secs: dict[str, str] = {}
+    out: list[str] = []
+
+    def cut(name: str) -> None:
+        secs[name] = "\n".join(out).strip() + "\n"
+        out.clear()
+
     pre = read(m / "pretrain.json")
-    out += ["## Pre-training (GPT-1 §3.1)", ""]
     out += [table([[pre["params"], pre["step"], pre["tokens_seen"], pre["train_loss"], pre["val_loss"], pre["val_ppl"]]],
                   ["parameters", "steps", "tokens seen", "train loss", "val loss", "val perplexity"]) if pre else "_not run_", ""]
-    out += ["## Fine-tuning (GPT-1 §3.2-3.3): `metrics/finetune_table.md`", "", include(m / "finetune_table.md"), ""]
-    out += ["## Prompt evaluation (GPT-2, GPT-3): `metrics/prompt_eval_table.md`", "",
-            "Accuracy (length-normalised accuracy in brackets) by the number of solved examples in context, k.", "",
-            include(m / "prompt_eval_table.md"), ""]
-    out += ["## InstructGPT step 1, SFT: `metrics/sft_table.md`", "", include(m / "sft_table.md"), ""]
+    cut("pretrain")
+    out += [include(m / "finetune_table.md"), ""]
+    cut("finetune")
+    out += ["Accuracy (length-normalised accuracy in brackets) by the number of solved examples in context, k "
+            "(`metrics/prompt_eval_table.md`):", "", include(m / "prompt_eval_table.md"), ""]
+    cut("prompt_eval")
+    out += ["SFT (`metrics/sft_table.md`):", "", include(m / "sft_table.md"), ""]
+    cut("sft")
     cand, rm = read(m / "candidates.json"), read(m / "train_rm.json")
-    out += ["## InstructGPT step 2, rankings and reward model", ""]
     if cand:
         out += [f"Candidates: {cand['prompts']} prompts × K={cand['k']}; share of response pairs tied on the true score "
                 f"{cand['tie_share']:.3f}; two oracle labelers agree on {cand['labeler_agreement']:.3f} of pairs.", "",
@@ -100,7 +107,8 @@ def body(m: Path) -> str:
                        ["share of pairs tied on the true score", None, h.get("tie_share")]], ["", "train", "held-out"]), "",
                 table([[k, v.get("pairwise_acc"), v.get("oracle_acc")] for k, v in sorted(h.get("by_kind", {}).items())],
                       ["kind", "held-out acc vs labels", "vs noiseless oracle"]), ""]
-    out += ["## InstructGPT step 3 and beyond: the comparison by the oracle (`metrics/evaluate_table.md`)", "",
+    cut("reward_model")
+    out += ["The comparison by the oracle on the held-out rl_eval prompts (`metrics/evaluate_table.md`):", "",
             include(m / "evaluate_table.md"), ""]
     rows = []
     for name in ("ppo", "ppo_ptx", "ppo_gold"):
@@ -122,11 +130,95 @@ def body(m: Path) -> str:
                         (d.get("logp_change") or {}).get("chosen"), (d.get("logp_change") or {}).get("rejected")]],
                       ["loss", "β", "pairs", "train pairs", "steps", "held-out acc vs labels", "vs noiseless oracle", "greedy oracle before",
                        "after", "KL (samples)", "Δ log p chosen", "Δ log p rejected"]), ""]
-    return "\n".join(out).rstrip() + "\n"
+    cut("instructgpt")
+    secs["verdicts12"] = verdicts12(m)
+    secs["verdicts3"] = verdicts3(m)
+    return secs
+
+
+def met(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "**NOT met**")
+
+
+def verdicts12(m: Path) -> str:
+    """The goals of InstructGPT steps 1-2, judged from the metrics."""
+    sft, rm = read(m / "sft.json"), read(m / "train_rm.json")
+    rows = []
+    if sft:
+        s = sft["oracle_score"]["sft"]
+        rows.append(["SFT mean oracle score ≥ 0.80 with EOS on ≥ 99% (rl_eval)", f"{s['mean']:.3f}, EOS {s['eos_rate']:.3f}",
+                     met(s["mean"] >= 0.80 and s["eos_rate"] >= 0.99)])
+    if rm and rm.get("heldout"):
+        h = rm["heldout"]
+        rows.append(["RM held-out accuracy within 2 points of the labelers' agreement",
+                     f"{h['pairwise_acc']:.3f} vs {h['labeler_agreement']:.3f}", met(h["pairwise_acc"] >= h["labeler_agreement"] - 0.02)])
+        rows.append(["RM accuracy vs the noiseless oracle ≥ 0.85", f"{h['oracle_acc']:.3f}", met(h["oracle_acc"] >= 0.85)])
+    return table(rows, ["goal", "measured", "verdict"]) + "\n" if rows else "_not run_\n"
+
+
+def verdicts3(m: Path) -> str:
+    """The goals of InstructGPT step 3 (and the DPO / best-of-n comparison), judged from the metrics."""
+    ev = read(m / "evaluate.json")
+    if not ev or "sft" not in ev:
+        return "_not run_\n"
+    sft = ev["sft"]["oracle_score"]
+    rows = []
+    if "ppo_ptx" in ev:
+        p = ev["ppo_ptx"]
+        need = sft + 0.5 * (1 - sft)
+        rows.append(["PPO-ptx closes half of SFT's gap to a perfect score (oracle ≥ SFT + 0.5·(1 − SFT))",
+                     f"{p['oracle_score']:.3f} vs {need:.3f} needed, KL {p['kl_to_sft']:.2f}", met(p["oracle_score"] >= need)])
+        d = p.get("decisive_win_rate_vs_sft")
+        rows.append(["PPO-ptx wins ≥ 75% of the prompts where its and SFT's scores differ", "–" if d is None else f"{d:.3f}",
+                     met(None if d is None else d >= 0.75)])
+    for name in ("ppo", "ppo_ptx"):
+        c = read(m / "ppo" / f"{name}.json")
+        if c and c["eval"]["before"] and c["eval"]["after"] and c["eval"]["before"].get("rm_score") is not None:
+            b, a = c["eval"]["before"], c["eval"]["after"]
+            drm, dor = a["rm_score"] - b["rm_score"], a["oracle_score"] - b["oracle_score"]
+            rows.append([f"{name}: the oracle score rises with the RM score (RM's held-out prompts, greedy)",
+                         f"RM {drm:+.3f}, oracle {dor:+.3f}", met(drm > 0 and dor > 0)])
+    base = ev.get("pretrain_few_shot")
+    if base and "ppo" in ev and "ppo_ptx" in ev:
+        tax = {n: (ev[n]["pretrain_val_loss"] - base["pretrain_val_loss"], base.get("prompt_eval_acc", 0) - ev[n].get("prompt_eval_acc", 0))
+               for n in ("ppo", "ppo_ptx")}
+        rows.append(["PPO-ptx's pre-training loss regression smaller than PPO's", f"{tax['ppo_ptx'][0]:+.3f} vs {tax['ppo'][0]:+.3f}",
+                     met(tax["ppo_ptx"][0] < tax["ppo"][0])])
+        rows.append(["PPO-ptx's prompt-eval drop smaller than PPO's", f"{tax['ppo_ptx'][1]:+.3f} vs {tax['ppo'][1]:+.3f}",
+                     met(tax["ppo_ptx"][1] < tax["ppo"][1])])
+    methods = sorted(((n, e["kl_to_sft"], e["oracle_score"]) for n, e in ev.items() if n not in ("pretrain_few_shot",)),
+                     key=lambda x: x[1])
+    lines = [table(rows, ["goal", "measured", "verdict"]), "",
+             "Oracle score against KL to SFT, every method (lowest KL first): "
+             + "; ".join(f"{n} {o:.3f} at KL {k:.2f}" for n, k, o in methods) + "."]
+    return "\n".join(lines) + "\n"
+
+
+TITLES = {"pretrain": "Pre-training (GPT-1 §3.1)", "finetune": "Fine-tuning (GPT-1 §3.2-3.3)",
+          "prompt_eval": "Prompt evaluation (GPT-2, GPT-3)", "sft": "InstructGPT step 1: SFT",
+          "reward_model": "InstructGPT step 2: rankings and reward model",
+          "instructgpt": "InstructGPT step 3 and beyond: PPO, PPO-ptx, DPO, best-of-n",
+          "verdicts12": "Goals of InstructGPT steps 1-2", "verdicts3": "Goals of InstructGPT step 3 (judged by the oracle)"}
 
 
 def page(metrics_dir: Path) -> str:
-    return f"# Results\n\n{stamp()}\n{STAMP_END}\n\n{body(metrics_dir)}"
+    secs = sections(metrics_dir)
+    body = "\n".join(f"## {TITLES[k]}\n\n{v}" for k, v in secs.items())
+    return (f"# Results\n\n{stamp()}\n{STAMP_END}\n\nRuns of the same commit with the same thread counts give these numbers "
+            f"bit for bit (measured); another thread count changes the float summation order, so low digits differ.\n\n{body}")
+
+
+def fill_blocks(text: str, secs: dict[str, str]) -> str:
+    """Replace each README block `<!-- results:NAME -->...<!-- /results:NAME -->` by section NAME."""
+    import re
+
+    def sub(mo):
+        name = mo.group(1)
+        if name not in secs:
+            return mo.group(0)
+        return f"<!-- results:{name} -->\n_Generated from `metrics/` by `make report`; see [RESULTS.md](RESULTS.md) for the stamp._\n\n{secs[name]}<!-- /results:{name} -->"
+
+    return re.sub(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", sub, text, flags=re.S)
 
 
 def without_stamp(text: str) -> str:
@@ -137,21 +229,26 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tasks.report", description="Write the results page from metrics/.")
     p.add_argument("--metrics", type=Path, default=Path("metrics"))
     p.add_argument("--out", type=Path, default=Path("RESULTS.md"))
-    p.add_argument("--check", action="store_true", help="exit 1 if the page differs from metrics/ (stamp aside)")
+    p.add_argument("--readme", type=Path, default=Path("README.md"), help="its results blocks are refreshed too")
+    p.add_argument("--check", action="store_true", help="exit 1 if the page or the README blocks differ from metrics/ (stamp aside)")
     args = p.parse_args(argv)
     if not args.metrics.is_dir():
         print(f"error: {args.metrics}: no metrics folder (run the pipeline first)", file=sys.stderr)
         sys.exit(2)
     text = page(args.metrics)
+    readme = args.readme.read_text(encoding="utf-8") if args.readme.is_file() else None
+    new_readme = fill_blocks(readme, sections(args.metrics)) if readme is not None else None
     if args.check:
         old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
-        same = without_stamp(old) == without_stamp(text)
-        print(f"{args.out}: {'up to date' if same else 'differs from metrics/ (run python -m tasks.report)'}")
+        same = without_stamp(old) == without_stamp(text) and new_readme == readme
+        print(f"{args.out}, {args.readme}: {'up to date' if same else 'differ from metrics/ (run python -m tasks.report)'}")
         sys.exit(0 if same else 1)
     from tasks.common import atomic_write_text
 
     atomic_write_text(args.out, text)
-    print(f"wrote {args.out}")
+    if new_readme is not None and new_readme != readme:
+        atomic_write_text(args.readme, new_readme)
+    print(f"wrote {args.out}" + (f" and the results blocks of {args.readme}" if new_readme != readme else ""))
 
 
 if __name__ == "__main__":

@@ -43,43 +43,12 @@ from model import load_checkpoint, save_checkpoint
 from model.instruct import encode_example, encode_prompt, encode_response, pad_right, respond, response_targets
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device,
-                          stage_main, torch_threads)
+from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device, torch_threads)
+from tasks.config import stage_main
 from tasks.pretrain import write_curve
 from tasks.world.oracle import score as oracle_score
+from tasks.schema import SFTConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-
-@dataclass
-class SFTConfig:
-    init: str = "models/pretrain"  # checkpoint folder to fine-tune (with its tokenizer.json)
-    data_dir: str = "data/raw/instructions"  # sft_train.jsonl, sft_val.jsonl, rl_eval.jsonl
-    out_dir: str = "models/sft"  # checkpoint folder
-    metrics_file: str = "metrics/sft.json"  # losses and oracle scores (DVC metrics)
-    curve_file: str = "metrics/sft_curve.csv"  # step,train_loss,val_loss (DVC plot)
-    samples_file: str = "metrics/sft_samples.csv"  # rl_eval prompts with each model's response and score
-    table_file: str = "metrics/sft_table.md"  # oracle score by kind: pre-trained zero/few-shot vs SFT
-    epochs: int = 8  # passes over sft_train
-    batch_size: int = 16  # demonstrations per optimizer step
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # end of the cosine decay
-    warmup_steps: int = 20  # linear warm-up, steps
-    weight_decay: float = 0.0  # AdamW decay on matmul weights
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    dropout: float = 0.0  # model dropout while fine-tuning (the paper: 0.2); the saved model has 0
-    max_train_rows: int = -1  # use the first N demonstrations; -1 = all
-    eval_every: int = 100  # steps between validation losses; 0 = only at the end
-    ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
-    resume: bool = False  # continue from the checkpoint in out_dir
-    eval_prompts: int = -1  # rl_eval prompts scored by the oracle; -1 = all
-    max_new_tokens: int = 40  # response budget when generating (tokens)
-    eval_batch_size: int = 64  # prompts per generation batch
-    baselines: bool = True  # also score the pre-trained model zero- and few-shot
-    few_shot_k: int = 3  # demonstrations in context for the few-shot baseline (as many as fit)
-    n_samples: int = 24  # rows of the samples table
-    log_every: int = 10  # steps between metric logs
-    progress: bool = True  # a line per log interval on stderr
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    seed: int = 1337  # batch order and dropout
 
 
 def set_dropout(model, p: float) -> None:

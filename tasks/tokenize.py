@@ -21,19 +21,10 @@ import numpy as np
 
 from model.tokenizer import Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_dir, atomic_write_json, read_jsonl, stage_main
+from tasks.common import InputError, atomic_dir, atomic_write_json, read_jsonl
+from tasks.config import stage_main
+from tasks.schema import TokenizerConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-
-@dataclass
-class TokenizerConfig:
-    kind: str = "bpe"  # bpe: learn merges | char: bytes only (256 + specials)
-    vocab_size: int = 4096  # total, special tokens included
-    min_frequency: int = 2  # a pair must occur this often to become a merge
-    path: str | None = None  # reuse this tokenizer.json instead of training
-    in_dir: str = "data/raw"  # reads corpus.jsonl
-    out_dir: str = "data/tokenized"  # writes tokenizer.json, train.bin, val.bin, meta.json
-    val_fraction: float = 0.05  # share of documents held out for validation
-    num_workers: int = 0  # encoding threads; 0 = one per CPU core
 
 
 def read_corpus(path: Path) -> list[str]:

@@ -17,17 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from tasks.schema import TrackingConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 PARENT_ENV = "INSTRUCTFLOW_PARENT_RUN_ID"
 
-
-@dataclass
-class TrackingConfig:
-    enabled: bool = True  # false: stages log nothing to MLflow
-    uri: str = "sqlite:///mlflow.db"  # MLflow tracking store (relative paths resolve from the cwd), or a server's http(s):// URL
-    artifact_dir: str = "mlruns"  # where a new experiment stores artifacts (local folder or URI); a server's own root for http(s) URIs unless a URI
-    experiment: str = "instructflow"  # MLflow experiment name
-    log_checkpoints: bool = True  # upload checkpoint folders as run artifacts
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

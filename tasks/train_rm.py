@@ -60,45 +60,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from model import GPT
+from model import GPT, from_pretrained
 from model.instruct import encode_example, encode_prompt, pad_right, ranking_loss
 from model.reward import RewardModel, pack
 from model.tokenizer import Tokenizer
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, read_jsonl, resolve_device, stage_main
+from tasks.common import InputError, atomic_write_json, read_jsonl, resolve_device
+from tasks.config import stage_main
 from tasks.world import oracle
+from tasks.schema import TrainRMConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-
-@dataclass
-class TrainRMConfig:
-    rankings_file: str = "data/rankings/rankings.parquet"  # collect_rankings' output: id, kind, prompt, responses, ranking
-    instructions_dir: str = "data/raw/instructions"  # rl_prompts.jsonl (kind, meta by id) and the bias file
-    bias_file: str = "sft_val.jsonl"  # demonstrations (in instructions_dir) that score 0 on average after training
-    init: str = "models/sft"  # checkpoint folder (with tokenizer.json) the RM's trunk starts from
-    out_dir: str = "models/rm"  # the RM checkpoint folder
-    metrics_file: str = "metrics/train_rm.json"  # final metrics (DVC metrics)
-    heldout_fraction: float = 0.2  # share of prompts held out for the final numbers (never selected on)
-    val_fraction: float = 0.0  # share of prompts (outside held-out) for early stopping; 0 = none
-    split_seed: int = 1337  # seeds the by-prompt split (hash of seed and prompt id)
-    epochs: int = 1  # passes over the training prompts (the paper: 1; more overfits)
-    patience: int = 0  # epochs without a better val accuracy before stopping; 0 = off (needs val_fraction > 0)
-    batch_size: int = 8  # prompts per optimizer step (all C(K,2) pairs of a prompt are one element)
-    lr: float = 3e-4  # peak learning rate
-    warmup_fraction: float = 0.05  # share of all steps in linear warm-up, then cosine decay to min_lr
-    min_lr: float = 0.0  # end of the cosine decay
-    weight_decay: float = 0.01  # AdamW decay on matmul weights (and the head's weight)
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    dropout: float = 0.0  # trunk dropout (embeddings, attention, residual branches) while training
-    head_dropout: float = 0.0  # dropout on the last-token state before the head, while training
-    lm_feature: bool = True  # add the learned-scale mean log-likelihood of the response under the trunk (model/reward.py)
-    pack: bool = True  # training forwards each prompt once with its K responses (tree attention mask)
-    max_len: int = -1  # tokens per prompt + response; -1 = the trunk's block_size (the prompt is left-cut)
-    eval_batch_size: int = 64  # prompts per forward pass when scoring
-    labeler_noise: float = 0.09  # the oracle labelers' noise for the agreement ceiling (data.oracle_noise)
-    seed: int = 1337  # head init, dropout, data order, labeler-agreement sampling
-    threads: int = 1  # torch CPU threads; 0 = torch's default (one per core)
-    log_every: int = 10  # optimizer steps between train-loss logs
-    progress: bool = True  # one line per epoch on stderr
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -324,7 +295,7 @@ def build_model(rc: TrainRMConfig, device: str) -> tuple[RewardModel, Path]:
     tok_path = init / "tokenizer.json"
     if not tok_path.is_file():
         raise InputError(f"{init}: no tokenizer.json (train_rm.init must be a checkpoint of this project)")
-    gpt = GPT.from_pretrained(init, dropout=rc.dropout)
+    gpt = from_pretrained(init, dropout=rc.dropout)
     torch.manual_seed(rc.seed)
     return RewardModel(gpt.float(), dropout=rc.head_dropout, lm_scale=1.0 if rc.lm_feature else None).to(device), tok_path
 

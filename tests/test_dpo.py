@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig, rl
+from model import GPT, GPTConfig, rl, from_pretrained
 from model.reward import RewardModel
 from tasks import dpo
 from tasks.common import InputError, read_jsonl
@@ -98,7 +98,7 @@ def dpo_workspace(instruct_workspace) -> Path:
     """instruct_workspace + models/sft, models/rm (its split recorded) and oracle-ranked rankings."""
     shutil.copytree("models/pretrain", "models/sft")
     torch.manual_seed(1)
-    rm = RewardModel(GPT.from_pretrained("models/sft"), bias=0.1, std=0.5)
+    rm = RewardModel(from_pretrained("models/sft"), bias=0.1, std=0.5)
     meta = {"stage": "train_rm", "config": {"train_rm": {"split_seed": 1337, "heldout_fraction": 0.2, "val_fraction": 0.0}}}
     rm.save("models/rm", meta, tokenizer_path="models/sft/tokenizer.json")
     rng = random.Random(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import GPT, GPTConfig, save_checkpoint
+from model import GPT, GPTConfig, save_checkpoint, from_pretrained
 from model.hf import export_hf, verify_export
 
 transformers = pytest.importorskip("transformers")
@@ -45,7 +45,7 @@ def assert_same_logits(ours: GPT, theirs, vocab=300, T=40):
 
 def test_import_hf_gives_the_same_logits(tmp_path):
     theirs = hf_tiny(tmp_path)
-    ours = GPT.from_pretrained(tmp_path, dropout=0.0)
+    ours = from_pretrained(tmp_path, dropout=0.0)
     assert ours.config == GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=32)
     assert ours.lm_head.weight is ours.transformer.wte.weight
     assert_same_logits(ours, theirs)
@@ -55,7 +55,7 @@ def test_import_hf_needs_no_transformers(tmp_path):
     hf_tiny(tmp_path)
     code = (
         "import sys; sys.modules['transformers'] = None; "  # any import of it now fails
-        "from model import GPT; m = GPT.from_pretrained(sys.argv[1]); print(m.config.n_layer)"
+        "from model import from_pretrained; m = from_pretrained(sys.argv[1]); print(m.config.n_layer)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -76,7 +76,7 @@ def test_export_hf_gives_the_same_logits(tmp_path, bias):
     assert theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr()
     assert_same_logits(ours, theirs)
     if bias:  # and back again
-        assert_same_logits(GPT.from_pretrained(out), theirs)
+        assert_same_logits(from_pretrained(out), theirs)
 
 
 def test_export_refuses_post_ln(tmp_path):

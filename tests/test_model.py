@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, CheckpointError, GPTConfig, KVCache, generate, load_checkpoint, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, KVCache, generate, load_checkpoint, save_checkpoint, from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 17, 3], [9, 2, 44, 61, 7, 30, 12], [1], [8, 8, 100, 27, 5]]
@@ -253,7 +253,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert set(ck.extra_tensors) == set(heads) and torch.equal(ck.extra_tensors["value.weight"], heads["value.weight"])
     assert ck.tokenizer_path.read_text() == tok.read_text()
     assert load_checkpoint(path).trainer_state is None
-    assert GPT.from_pretrained(path, dropout=0.2).config.dropout == 0.2
+    assert from_pretrained(path, dropout=0.2).config.dropout == 0.2
 
 
 def test_save_failure_keeps_the_old_checkpoint(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import GPT
+from model import GPT, from_pretrained
 from model import rl
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
@@ -163,7 +163,7 @@ def ppo_workspace(instruct_workspace) -> Path:
     """instruct_workspace + models/sft (the tiny GPT), models/rm (a tiny RM from it) and data/tokenized."""
     shutil.copytree("models/pretrain", "models/sft")
     torch.manual_seed(1)
-    rm = RewardModel(GPT.from_pretrained("models/sft"), bias=0.1, std=0.5)
+    rm = RewardModel(from_pretrained("models/sft"), bias=0.1, std=0.5)
     meta = {"stage": "train_rm", "config": {"train_rm": {"split_seed": 1337, "heldout_fraction": 0.2, "val_fraction": 0.0}}}
     rm.save("models/rm", meta, tokenizer_path="models/sft/tokenizer.json")
     tok = Tokenizer.load("models/sft/tokenizer.json")
