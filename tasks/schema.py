@@ -281,7 +281,7 @@ class TrainRMConfig:
 @dataclass
 class PPOConfig:
     variant: str = "ppo"  # this run's name: writes {models_dir}/{variant}/, {metrics_dir}/{variant}.json, {variant}_curve.csv
-    variants: dict[str, Any] = field(default_factory=lambda: {"ppo": {}, "ppo_ptx": {"ptx_coef": 1.0}, "ppo_gold": {"reward": "oracle"}})  # per variant: the settings it overrides
+    variants: dict[str, Any] = field(default_factory=lambda: {"ppo": {}, "ppo_ptx": {"ptx_coef": 0.2}, "ppo_gold": {"reward": "oracle"}})  # per variant: the settings it overrides
     policy: str = "models/sft"  # the policy's start and the frozen KL reference (a checkpoint with tokenizer.json)
     reward_model: str = "models/rm"  # the frozen reward model (RewardModel checkpoint); also the value model's start
     prompts_file: str = "data/raw/instructions/rl_prompts.jsonl"  # rows {id, kind, prompt, meta}
@@ -365,7 +365,7 @@ class EvaluateConfig:
     demos_file: str = "data/raw/instructions/sft_train.jsonl"  # the few-shot baseline's demonstrations
     few_shot_k: int = 3  # demonstrations in context for the few-shot baseline (as many as fit)
     policies: dict[str, str] = field(default_factory=lambda: {"sft": "models/sft", "ppo": "models/ppo", "ppo_ptx": "models/ppo_ptx",
-                                                              "dpo": "models/dpo"})
+                                                              "ppo_gold": "models/ppo_gold", "dpo": "models/dpo"})
     reference: str = "sft"  # the policy win rates and KL are measured against
     reward_model: str = "models/rm"  # scores every response (normalised units)
     max_new_tokens: int = 40  # response budget, tokens
@@ -375,7 +375,8 @@ class EvaluateConfig:
     prompt_eval_items: int = 100  # zero-shot prompt-eval items per task and policy; 0 = skip the prompt-eval tax
     best_of_n: list[int] = field(default_factory=lambda: [1, 4, 16])  # best-of-n rows (RM's favourite of n samples); [] = none
     best_of_n_from: str = "sft"  # the policy best-of-n samples from (one of policies)
-    curves: list[str] = field(default_factory=lambda: ["metrics/ppo/ppo_curve.csv", "metrics/ppo/ppo_ptx_curve.csv", "metrics/dpo_curve.csv"])
+    curves: list[str] = field(default_factory=lambda: ["metrics/ppo/ppo_curve.csv", "metrics/ppo/ppo_ptx_curve.csv", "metrics/ppo/ppo_gold_curve.csv",
+                                                            "metrics/dpo_curve.csv"])
     register_policy: str = "ppo_ptx"  # registered in MLflow's model registry with the reward model; "" = none
     metrics_file: str = "metrics/evaluate.json"
     samples_file: str = "metrics/evaluate_samples.jsonl"

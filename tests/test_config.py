@@ -66,3 +66,12 @@ def test_entry_point_exits_2_with_one_line(tmp_path, args, key):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], proc.stderr
+
+
+def test_flow_without_arguments_leaves_the_committed_params_unchanged(tmp_path, monkeypatch):
+    """`python -m flows.pipeline` with no argument writes params.yaml: byte for byte the committed one."""
+    from flows.pipeline import configure
+
+    monkeypatch.chdir(tmp_path)
+    configure.fn([])
+    assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()

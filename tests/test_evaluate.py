@@ -31,11 +31,11 @@ def test_win_rates_ties_half_and_decisive():
 
 @pytest.fixture
 def policies(instruct_workspace) -> Path:
-    """models/{sft,ppo,ppo_ptx,dpo,rm} from the tiny GPT, and a tokenized validation split."""
+    """models/{sft,ppo,ppo_ptx,ppo_gold,dpo,rm} from the tiny GPT, and a tokenized validation split."""
     base = load_checkpoint("models/pretrain")
     tok_path = base.tokenizer_path
     shutil.copytree("models/pretrain", "models/sft")
-    for name, seed in (("ppo", 1), ("ppo_ptx", 2), ("dpo", 3)):
+    for name, seed in (("ppo", 1), ("ppo_ptx", 2), ("ppo_gold", 4), ("dpo", 3)):
         torch.manual_seed(seed)
         gpt = load_checkpoint("models/pretrain").model
         with torch.no_grad():
@@ -53,7 +53,7 @@ def policies(instruct_workspace) -> Path:
 
 def test_evaluate_every_policy(policies):
     metrics = evaluate.run(compose(QUICK))
-    assert list(metrics) == ["pretrain_few_shot", "sft", "ppo", "ppo_ptx", "dpo", "best_of_1", "best_of_4", "best_of_16"]
+    assert list(metrics) == ["pretrain_few_shot", "sft", "ppo", "ppo_ptx", "ppo_gold", "dpo", "best_of_1", "best_of_4", "best_of_16"]
     for name, m in metrics.items():
         for key in evaluate.TABLE_KEYS:
             assert key in m, (name, key)
@@ -63,7 +63,7 @@ def test_evaluate_every_policy(policies):
     assert sft["kl_to_sft"] == 0.0 and sft["win_rate_vs_sft"] == 0.5 and sft["decisive_win_rate_vs_sft"] is None
     # the samples file holds every policy's response to every prompt: the table recomputes from it
     rows = read_jsonl("metrics/evaluate_samples.jsonl")
-    assert len(rows) == 8 * 8 and set(rows[0]) == {"prompt_id", "policy", "response", "oracle_score", "rm_score"}
+    assert len(rows) == 9 * 8 and set(rows[0]) == {"prompt_id", "policy", "response", "oracle_score", "rm_score"}
     for name, m in metrics.items():
         mine = [r for r in rows if r["policy"] == name]
         assert sum(r["oracle_score"] for r in mine) / 8 == pytest.approx(m["oracle_score"])

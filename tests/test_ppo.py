@@ -219,7 +219,7 @@ def test_ptx_coef_zero_never_reads_the_pretraining_data(ppo_workspace, monkeypat
 
 def test_ptx_variant_logs_the_pretraining_loss(ppo_workspace):
     m = ppo.run(compose([*QUICK, "ppo.updates=2", "ppo.variant=ppo_ptx", "ppo.ptx_block=32", "ppo.value=sft"]))
-    assert m["ptx_coef"] == 1.0 and m["final"]["ptx_loss"] > 0 and Path("models/ppo_ptx/model.safetensors").is_file()
+    assert m["ptx_coef"] == 0.2 and m["final"]["ptx_loss"] > 0 and Path("models/ppo_ptx/model.safetensors").is_file()
     assert Path("metrics/ppo/ppo_ptx.json").is_file() and not Path("models/ppo").exists()
 
 
