@@ -49,7 +49,7 @@ from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, torch_threads
 from tasks.config import stage_main
 from tasks.ppo import checkpoint_dir, generator, read_prompts, rm_split, same_tokenizer
-from tasks.sft import epoch_order, strict_tokenizer
+from tasks.sft import epoch_order, lr_at, strict_tokenizer  # lr_at: warm-up, then cosine decay (same fields)
 from tasks.train_rm import read_rankings, split_of
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import DPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
@@ -184,12 +184,6 @@ def write_curve(path: Path, history: list[dict]) -> None:
     lines = [",".join(CURVE)] + [",".join("" if h.get(k) is None else repr(h[k]) for k in CURVE) for h in history]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
-
-def lr_at(step: int, total: int, dc: DPOConfig) -> float:
-    if step < dc.warmup_steps:
-        return dc.lr * (step + 1) / dc.warmup_steps
-    progress = (step - dc.warmup_steps) / max(1, total - dc.warmup_steps)
-    return dc.min_lr + 0.5 * (dc.lr - dc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # --- the stage ---------------------------------------------------------------------------------------

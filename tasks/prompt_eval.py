@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from model import GPT, KVCache, generate, from_pretrained
 from model.tokenizer import SPECIALS, Tokenizer, TokenizerError
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json, read_jsonl, resolve_device
+from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json, read_jsonl, resolve_device, torch_threads
 from tasks.config import stage_main
 from tasks.schema import PromptTemplate, PromptEvalConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
@@ -567,7 +567,7 @@ def run(cfg) -> dict[str, float]:
     for task in tasks:  # fail before any scoring, not after an hour of it
         if max(pc.shots) > len(task.train):
             raise InputError(f"prompt_eval.shots: k={max(pc.shots)} exceeds the {len(task.train)} rows of {task.name}/train.jsonl")
-    with tracking.stage_run(cfg, "prompt_eval", sections=["prompt_eval", "seed"], run_name=f"prompt_eval {name}") as run_:
+    with torch_threads(pc.threads), tracking.stage_run(cfg, "prompt_eval", sections=["prompt_eval", "seed"], run_name=f"prompt_eval {name}") as run_:
         results, samples = evaluate(model, tok, tasks, pc)
         metrics = {name: results}
         atomic_write_json(pc.metrics_file, metrics)

@@ -179,6 +179,7 @@ class PromptEvalConfig:
     seed: int = 1337  # draws each item's examples
     batch_size: int = 64  # sequences per forward pass (an item's choices are never split)
     too_long: str = "error"  # a query that alone overflows the window: error | skip (counted as `skipped`)
+    threads: int = 1  # torch CPU threads; 0 = torch's default
     metrics_file: str = "metrics/prompt_eval.json"  # {model: {task: {k<k>: {acc, acc_norm, n, chance, ...}}}}
     table_file: str = "metrics/prompt_eval_table.md"  # accuracy by task and k, chance beside it
     curve_file: str = "metrics/prompt_eval_curve.csv"  # model,task,k,acc,chance (DVC plot)

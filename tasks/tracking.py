@@ -144,14 +144,27 @@ def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> N
 
 
 def log_checkpoint(path: str | os.PathLike, artifact_path: str = "checkpoint") -> None:
-    """Upload a checkpoint folder's weights, config, meta and tokenizer (not the optimizer state)."""
+    """Upload a checkpoint folder's weights, config, meta and tokenizer (not the optimizer state)
+    as run artifacts, and as an MLflow logged model named after the folder (the experiment's
+    Models tab lists every stage's checkpoint of every run, linked to its run)."""
+    import shutil
+    import tempfile
+
     import mlflow
 
-    if mlflow.active_run() is None:
+    run = mlflow.active_run()
+    if run is None:
         return
-    for f in sorted(Path(path).iterdir()):
-        if f.is_file() and f.name != "trainer.pt":
-            mlflow.log_artifact(str(f), artifact_path=artifact_path)
+    files = [f for f in sorted(Path(path).iterdir()) if f.is_file() and f.name != "trainer.pt"]
+    for f in files:
+        mlflow.log_artifact(str(f), artifact_path=artifact_path)
+    model = mlflow.initialize_logged_model(name=Path(path).name, source_run_id=run.info.run_id, model_type="instructflow-checkpoint",
+                                           experiment_id=run.info.experiment_id, tags={"instructflow.stage": run.data.tags.get("instructflow.stage", "")})
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            shutil.copy2(f, tmp)
+        mlflow.MlflowClient().log_model_artifacts(model.model_id, tmp)
+    mlflow.finalize_logged_model(model.model_id, "READY")
 
 
 def log_figure(fig: Any, name: str) -> None:

@@ -95,6 +95,26 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def run_and_kill(stage: str, meta: Path, key: str, at_least: int, timeout: float = 120) -> int | None:
+    """Run `python -m tasks.<stage> --params params.yaml` and SIGKILL it once the checkpoint's
+    meta.json records `key` >= at_least; -> the value it was killed at (None if it finished first)."""
+    proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}", "--params", "params.yaml"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at, deadline = None, time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            value = json.loads(meta.read_text())[key]
+        except (OSError, ValueError, KeyError):
+            value = None
+        if value is not None and value >= at_least:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = value
+            break
+        time.sleep(0.01)
+    proc.wait()
+    return killed_at
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A scratch project as the working directory, MLflow on SQLite inside it."""

@@ -26,6 +26,14 @@ def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
         PREFECT_RUNNER_POLL_FREQUENCY="2",
     )
     prefect = str(Path(sys.executable).parent / "prefect")
+
+    def run_smoke(deployment: str, log: Path) -> None:
+        """`prefect deployment run <deployment> --watch` on the smoke experiment: it must complete."""
+        proc = run_cmd([prefect, "deployment", "run", deployment, "-p", 'overrides=["experiment=smoke"]', "--watch", "--watch-timeout", "400"],
+                       project, env=env, check=False, timeout=450)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log.read_text()[-3000:]
+        assert "Completed" in proc.stdout + proc.stderr
+
     server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], project, env, tmp_path / "server.log")
     served = worker = None
     try:
@@ -35,15 +43,7 @@ def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
         while run_cmd([prefect, "deployment", "inspect", "instructflow/local"], project, env=env, check=False).returncode:
             assert time.time() < deadline and served.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
             time.sleep(1)
-        proc = run_cmd(
-            [prefect, "deployment", "run", "instructflow/local", "-p", 'overrides=["experiment=smoke"]', "--watch", "--watch-timeout", "400"],
-            project,
-            env=env,
-            check=False,
-            timeout=450,
-        )
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (tmp_path / "serve.log").read_text()[-3000:]
-        assert "Completed" in proc.stdout + proc.stderr
+        run_smoke("instructflow/local", tmp_path / "serve.log")
         assert (project / "models/pretrain/model.safetensors").is_file()
         stop(served)
 
@@ -51,15 +51,7 @@ def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
         run_cmd([prefect, "work-pool", "create", "instructflow-process", "--type", "process"], project, env=env)
         run_cmd([prefect, "--no-prompt", "deploy", "--all"], project, env={**env, "PWD": str(project)})
         worker = start([prefect, "worker", "start", "--pool", "instructflow-process"], project, env, tmp_path / "worker.log")
-        proc = run_cmd(
-            [prefect, "deployment", "run", "instructflow/pool", "-p", 'overrides=["experiment=smoke"]', "--watch", "--watch-timeout", "300"],
-            project,
-            env=env,
-            check=False,
-            timeout=350,
-        )
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (tmp_path / "worker.log").read_text()[-3000:]
-        assert "Completed" in proc.stdout + proc.stderr
+        run_smoke("instructflow/pool", tmp_path / "worker.log")
     finally:
         for p in (served, worker):
             if p is not None:

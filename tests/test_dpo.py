@@ -8,10 +8,8 @@ import json
 import math
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +17,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import run_and_kill
 from model import GPT, GPTConfig, rl, from_pretrained
 from model.reward import RewardModel
 from tasks import dpo
@@ -148,20 +147,7 @@ def test_kill_and_resume_gives_the_same_curve(dpo_workspace):
     total = json.loads(Path("metrics/dpo.json").read_text())["steps"]
     write_params(compose(args), "params.yaml")
     shutil.rmtree("models/dpo")
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.dpo", "--params", "params.yaml"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta, killed_at, deadline = Path("models/dpo/meta.json"), None, time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            step = json.loads(meta.read_text())["step"]
-        except (OSError, ValueError):
-            step = None
-        if step is not None and step >= 4:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = step
-            break
-        time.sleep(0.01)
-    proc.wait()
+    killed_at = run_and_kill("dpo", Path("models/dpo/meta.json"), "step", 4)
     assert killed_at is not None and killed_at < total, "the run finished before it could be killed"
     dpo.run(compose([*args, "dpo.resume=true"]))
     assert Path("metrics/dpo_curve.csv").read_text() == reference  # every logged number, bit for bit

@@ -75,6 +75,8 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     assert "final/val_loss" in pre.data.metrics
     assert len(client.get_metric_history(pre.info.run_id, "train/loss")) >= 5
     assert any(a.path == "checkpoint" for a in client.list_artifacts(pre.info.run_id))
+    logged = {m.name for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
+    assert {"pretrain", "sft", "rm", "ppo_ptx", "dpo"} <= logged  # checkpoints as MLflow logged models
     assert any(k.startswith("dvc.pretrain.") for k in parent.data.tags)  # lineage from dvc.lock
 
     # DVC recorded what Prefect ran: nothing is stale, and a repro runs nothing

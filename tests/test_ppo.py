@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_and_kill
 from model import GPT, from_pretrained
 from model import rl
 from model.reward import RewardModel
@@ -230,20 +229,7 @@ def test_kill_and_resume_gives_the_same_curve(ppo_workspace):
     reference = curve("ppo_ptx")
     write_params(compose(args), "params.yaml")
     shutil.rmtree("models/ppo_ptx")
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.ppo", "--params", "params.yaml"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta, killed_at, deadline = Path("models/ppo_ptx/meta.json"), None, time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            update = json.loads(meta.read_text())["update"]
-        except (OSError, ValueError):
-            update = None
-        if update is not None and update >= 4:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = update
-            break
-        time.sleep(0.01)
-    proc.wait()
+    killed_at = run_and_kill("ppo", Path("models/ppo_ptx/meta.json"), "update", 4)
     assert killed_at is not None and killed_at < 12, "the run finished before it could be killed"
     ppo.run(compose([*args, "ppo.resume=true"]))
     assert curve("ppo_ptx") == reference  # every logged number, bit for bit

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import run_and_kill
 from model import load_checkpoint
 from tasks import sft
 from tasks.common import InputError
@@ -53,20 +52,7 @@ def test_kill_and_resume_gives_the_same_losses(instruct_workspace):
     steps = max(reference)
     write_params(compose(args), "params.yaml")
     Path("models/sft/meta.json").unlink()
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.sft", "--params", "params.yaml"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta, killed_at, deadline = Path("models/sft/meta.json"), None, time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            step = json.loads(meta.read_text())["step"]
-        except (OSError, ValueError):
-            step = None
-        if step is not None and step >= 10:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = step
-            break
-        time.sleep(0.02)
-    proc.wait()
+    killed_at = run_and_kill("sft", Path("models/sft/meta.json"), "step", 10)
     assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
     sft.run(compose([*args, "sft.resume=true"]))
     assert curve() == reference  # every logged loss, bit for bit
