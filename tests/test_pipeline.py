@@ -40,8 +40,13 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
             flow_runs = await client.read_flow_runs(sort="START_TIME_DESC", limit=1)
             return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_runs[0].id])))
 
-    spans = {t.name: (t.start_time, t.end_time) for t in asyncio.run(task_runs()) if t.name in graph}
+    runs = {t.name: t for t in asyncio.run(task_runs()) if t.name in graph}
+    spans = {name: (t.start_time, t.end_time) for name, t in runs.items()}
     assert set(spans) == set(graph)
+    # the edges the Prefect UI draws: each task run's wait_for inputs are exactly its upstream stages
+    names = {t.id: name for name, t in runs.items()}
+    for stage, ups in graph.items():
+        assert {names.get(r.id) for r in runs[stage].task_inputs.get("wait_for", [])} == set(ups), stage
     for stage, ups in graph.items():
         assert all(spans[u][1] <= spans[stage][0] for u in ups), stage
     late = ["finetune@sentiment", "finetune@entailment", "finetune@paraphrase", "finetune@story_cloze", "prompt_eval"]
