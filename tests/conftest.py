@@ -95,6 +95,21 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def make_sft_and_rm() -> None:
+    """In an instruct_workspace: models/sft (the tiny GPT) and models/rm (a tiny RM from it, the
+    reward model's prompt split recorded in its meta as train_rm records it)."""
+    import torch
+
+    from model import from_pretrained
+    from model.reward import RewardModel
+
+    shutil.copytree("models/pretrain", "models/sft")
+    torch.manual_seed(1)
+    rm = RewardModel(from_pretrained("models/sft"), bias=0.1, std=0.5)
+    meta = {"stage": "train_rm", "config": {"train_rm": {"split_seed": 1337, "heldout_fraction": 0.2, "val_fraction": 0.0}}}
+    rm.save("models/rm", meta, tokenizer_path="models/sft/tokenizer.json")
+
+
 def run_and_kill(stage: str, meta: Path, key: str, at_least: int, timeout: float = 120) -> int | None:
     """Run `python -m tasks.<stage> --params params.yaml` and SIGKILL it once the checkpoint's
     meta.json records `key` >= at_least; -> the value it was killed at (None if it finished first)."""

@@ -17,9 +17,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import run_and_kill
-from model import GPT, GPTConfig, rl, from_pretrained
-from model.reward import RewardModel
+from conftest import make_sft_and_rm, run_and_kill
+from model import GPT, GPTConfig, rl
 from tasks import dpo
 from tasks.common import InputError, read_jsonl
 from tasks.config import compose, write_params
@@ -95,11 +94,7 @@ def test_prompt_tokens_carry_no_gradient():
 @pytest.fixture
 def dpo_workspace(instruct_workspace) -> Path:
     """instruct_workspace + models/sft, models/rm (its split recorded) and oracle-ranked rankings."""
-    shutil.copytree("models/pretrain", "models/sft")
-    torch.manual_seed(1)
-    rm = RewardModel(from_pretrained("models/sft"), bias=0.1, std=0.5)
-    meta = {"stage": "train_rm", "config": {"train_rm": {"split_seed": 1337, "heldout_fraction": 0.2, "val_fraction": 0.0}}}
-    rm.save("models/rm", meta, tokenizer_path="models/sft/tokenizer.json")
+    make_sft_and_rm()
     rng = random.Random(0)
     rows = []
     for r in read_jsonl("data/raw/instructions/rl_prompts.jsonl")[:40]:

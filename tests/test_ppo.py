@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_and_kill
-from model import GPT, from_pretrained
+from conftest import make_sft_and_rm, run_and_kill
+from model import GPT
 from model import rl
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
@@ -160,11 +160,7 @@ def test_one_ppo_update_raises_the_clipped_objective(tiny):
 @pytest.fixture
 def ppo_workspace(instruct_workspace) -> Path:
     """instruct_workspace + models/sft (the tiny GPT), models/rm (a tiny RM from it) and data/tokenized."""
-    shutil.copytree("models/pretrain", "models/sft")
-    torch.manual_seed(1)
-    rm = RewardModel(from_pretrained("models/sft"), bias=0.1, std=0.5)
-    meta = {"stage": "train_rm", "config": {"train_rm": {"split_seed": 1337, "heldout_fraction": 0.2, "val_fraction": 0.0}}}
-    rm.save("models/rm", meta, tokenizer_path="models/sft/tokenizer.json")
+    make_sft_and_rm()
     tok = Tokenizer.load("models/sft/tokenizer.json")
     Path("data/tokenized").mkdir(parents=True)
     rng = np.random.default_rng(0)
