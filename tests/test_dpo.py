@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from conftest import make_sft_and_rm, run_and_kill
 from model import GPT, GPTConfig, rl
 from tasks import dpo
-from tasks.common import InputError, read_jsonl
+from tasks.common import read_jsonl
 from tasks.config import compose, write_params
 from tasks.train_rm import split_of
 from tasks.world import oracle
