@@ -274,9 +274,10 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     graph = stage_graph()
     key = str(id(cfg))
     _SLOTS[key] = Slots(cfg.pipeline.concurrency, list(cfg.pipeline.gpu_stages), cfg.device)
+    order = stages(graph)
     futures = {}
     try:
-        for stage in stages(graph):
+        for stage in order:
             if stage == "collect_rankings" and cfg.collect_rankings.labeler == "human":
                 # a person ranks in the flow's own body (only a flow pauses), once the candidates exist
                 for up in graph[stage]:
@@ -284,7 +285,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
                 ask_people(cfg)
             futures[stage] = run_stage.submit(stage, parent_id, key, wait_for=[futures[u] for u in graph[stage]])
         wait(list(futures.values()))
-        for stage in stages(graph):  # the first failure upstream-first: its own one-line error
+        for stage in order:  # the first failure upstream-first: its own one-line error
             state = futures[stage].state
             if state.is_failed() or state.is_crashed():
                 futures[stage].result()  # raises the stage's StageFailed

@@ -49,7 +49,7 @@ from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, torch_threads
 from tasks.config import stage_main
 from tasks.ppo import checkpoint_dir, generator, read_prompts, rm_split, same_tokenizer
-from tasks.sft import epoch_order, lr_at, strict_tokenizer  # lr_at: warm-up, then cosine decay (same fields)
+from tasks.sft import epoch_order, lr_at, set_dropout, strict_tokenizer  # lr_at: warm-up, then cosine decay (same fields)
 from tasks.train_rm import read_rankings, split_of
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import DPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
@@ -136,8 +136,7 @@ def heldout_metrics(model: GPT, pairs: list[Pair], ref_lp: torch.Tensor, dc: DPO
     if not pairs:
         return {}
     model.eval()
-    lp = torch.cat([torch.stack(pair_logprobs(model, pairs[b : b + 64], pad_id, device, dc.loss == "ipo"), 1).float().cpu()
-                    for b in range(0, len(pairs), 64)])
+    lp = reference_logprobs(model, pairs, pad_id, device, dc.loss == "ipo")  # the same batched pass, for the policy
     loss, st = rl.dpo_loss(lp[:, 0], lp[:, 1], ref_lp[:, 0], ref_lp[:, 1], dc.beta, dc.loss)
     margin = st["chosen_reward"] - st["rejected_reward"]
     right, decisive = 0, 0
@@ -185,7 +184,6 @@ def write_curve(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-
 # --- the stage ---------------------------------------------------------------------------------------
 
 
@@ -214,9 +212,7 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
     policy = start.model.float()
     ref = from_pretrained(ref_dir).to(device).float().eval().requires_grad_(False)
     for m in (policy, ref):
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.Dropout):
-                mod.p = 0.0
+        set_dropout(m, 0.0)
     block = policy.config.block_size
     which = [split_of(i, split["seed"], split["heldout"], split["val"]) for i in df["id"]]
     train_df, held_df = df[[w == "train" for w in which]], df[[w == "heldout" for w in which]]
