@@ -396,9 +396,30 @@ def _check_settings(dc: DataConfig) -> None:
     for key in ("n_train", "n_val", "n_test"):  # every split needs each of up to 4 labels once
         if getattr(dc, key) < 4:
             raise InputError(f"data.{key}: {getattr(dc, key)} is too small (at least 4)")
+    for name, sizes in dc.task_sizes.items():
+        if name not in TASKS:
+            raise InputError(f"data.task_sizes.{name}: not a world task (one of {', '.join(TASKS)})")
+        for split in ("train", "val", "test"):
+            n = getattr(sizes, split)
+            if n != -1 and n < 4:
+                raise InputError(f"data.task_sizes.{name}.{split}: {n} is too small (at least 4; -1 = data.n_{split})")
     for key in ("n_prompt_train", "n_prompt_test", "n_sft_train", "n_sft_val", "n_rl_prompts", "n_rl_eval"):
         if getattr(dc, key) < 1:
             raise InputError(f"data.{key}: {getattr(dc, key)} is too small (at least 1)")
+
+
+def split_sizes(dc: DataConfig) -> dict[str, int]:
+    return {"train": dc.n_train, "val": dc.n_val, "test": dc.n_test}
+
+
+def task_split_sizes(dc: DataConfig) -> dict[str, dict[str, int]]:
+    """{world task: {split: rows}}: data.task_sizes where set, data.n_<split> elsewhere."""
+    out = {}
+    for name in TASKS:
+        sizes = dc.task_sizes.get(name)
+        out[name] = {s: n if sizes is None or getattr(sizes, s) == -1 else getattr(sizes, s)
+                     for s, n in split_sizes(dc).items()}
+    return out
 
 
 def run(cfg) -> dict[str, float]:
@@ -413,10 +434,9 @@ def run(cfg) -> dict[str, float]:
         world = None
         if with_world:
             corpus_bytes = int(dc.corpus_mb * 1e6) if dc.source == "world" else 0
-            world = build(seed, corpus_bytes, {"train": dc.n_train, "val": dc.n_val, "test": dc.n_test},
-                          (dc.n_prompt_train, dc.n_prompt_test),
+            world = build(seed, corpus_bytes, split_sizes(dc), (dc.n_prompt_train, dc.n_prompt_test),
                           {"sft_train": dc.n_sft_train, "sft_val": dc.n_sft_val, "rl_prompts": dc.n_rl_prompts,
-                           "rl_eval": dc.n_rl_eval})
+                           "rl_eval": dc.n_rl_eval}, per_task=task_split_sizes(dc))
         if dc.source == "world":
             docs = world.corpus
             if not docs:

@@ -299,10 +299,18 @@ def evaluate(model: TaskModel, data: Encoded, pad_id: int, batch_size: int, devi
     return out
 
 
-def build_model(init: str, base: GPT, task: Task, fc: FinetuneConfig, device: str) -> TaskModel:
+def build_model(init: str, base: GPT, task: Task, fc: FinetuneConfig, device: str, specials: tuple[int, ...] = ()) -> TaskModel:
     if init == "pretrain":
         gpt = GPT(base.config)
         gpt.load_state_dict(base.state_dict())
+        if fc.special_init == "mean" and specials:
+            # the specials never occur in the corpus: pre-training only pushed their (tied) rows away
+            # as never-predicted outputs; start them where an ordinary token's input embedding sits
+            with torch.no_grad():
+                w = gpt.transformer.wte.weight
+                text = torch.ones(w.shape[0], dtype=torch.bool)
+                text[list(specials)] = False
+                w[list(specials)] = w[text].mean(0)
     else:
         torch.manual_seed(fc.seed)
         gpt = GPT(base.config)
@@ -312,10 +320,11 @@ def build_model(init: str, base: GPT, task: Task, fc: FinetuneConfig, device: st
 
 
 def train_setting(
-    fc: FinetuneConfig, task: Task, data: dict[str, Encoded], base: GPT, pad_id: int, init: str, lm_coef: float, device: str
+    fc: FinetuneConfig, task: Task, data: dict[str, Encoded], base: GPT, pad_id: int, init: str, lm_coef: float, device: str,
+    specials: tuple[int, ...] = (),
 ) -> tuple[TaskModel, dict]:
     """Fine-tune one (init, lm_coef) setting; returns the model and its final val/test metrics."""
-    model = build_model(init, base, task, fc, device)
+    model = build_model(init, base, task, fc, device, specials)
     opt = model.gpt.configure_optimizers(fc.weight_decay, fc.lr, (0.9, 0.999), "cuda" if device.startswith("cuda") else "cpu")
     opt.add_param_group({"params": [model.head.proj.weight], "weight_decay": fc.weight_decay})
     opt.add_param_group({"params": [model.head.proj.bias], "weight_decay": 0.0})
@@ -436,7 +445,7 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
     results: dict[str, dict] = {}
     for k, (init, lm_coef) in enumerate(todo):
         with setting_run(enabled, task.name, init, lm_coef):
-            model, m = train_setting(fc, task, data, base, sp.pad, init, lm_coef, device)
+            model, m = train_setting(fc, task, data, base, sp.pad, init, lm_coef, device, (sp.start, sp.delim, sp.extract))
             m["truncated"] = truncated
             tracking.log_metrics({f"final/{key}": v for key, v in m.items()})
         results.setdefault(init, {})[lm_key(lm_coef)] = m

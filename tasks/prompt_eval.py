@@ -29,6 +29,7 @@ query. The model sees only that text: no special tokens, no new tokens, no weigh
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import string
@@ -360,8 +361,9 @@ def build_requests(tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig, blo
     return out
 
 
-def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig) -> tuple[dict | None, list[dict]]:
-    """Accuracy of one task at k shots, and the first few items rendered, for inspection.
+def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig) -> tuple[dict | None, list[dict], dict[int, bool]]:
+    """Accuracy of one task at k shots, the first few items rendered (for inspection), and
+    {test item: correct} (for paired comparisons between k).
 
     None when every item was skipped (`too_long=skip`): no accuracy to report.
     """
@@ -369,16 +371,18 @@ def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEval
     n = len(reqs)
     n_all = len(task.test) if pc.max_items < 0 else min(pc.max_items, len(task.test))
     if n == 0:
-        return None, []
+        return None, [], {}
     samples = []
     if task.kind == "choice":
         scores = score_choices(model, [r.context for r in reqs], [r.target_ids for r in reqs], pc.batch_size)
         correct = correct_norm = 0
+        hits = []
         for i, (sc, r) in enumerate(zip(scores, reqs)):
             row = task.test[r.item]
             gold = row["choices"].index(row["answer"])
             pred = max(range(len(sc)), key=sc.__getitem__)  # ties: the first choice
             pred_norm = max(range(len(sc)), key=lambda j: sc[j] / len(r.targets[j]))  # per character
+            hits.append(pred == gold)
             correct += pred == gold
             correct_norm += pred_norm == gold
             if i < 3:
@@ -397,7 +401,18 @@ def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEval
         "truncated": sum(r.shots < k for r in reqs),
         "mean_shots": sum(r.shots for r in reqs) / n,
     }
-    return m, samples
+    return m, samples, {r.item: bool(h) for r, h in zip(reqs, hits)}
+
+
+def paired_gain(base: dict[int, bool], other: dict[int, bool]) -> tuple[float, float]:
+    """Accuracy of `other` minus `base` over the items both scored, and the 95% half-width of
+    that paired difference (normal approximation: 1.96 * sd(d_i) / sqrt(n))."""
+    d = [int(other[i]) - int(base[i]) for i in base if i in other]
+    if not d:
+        return 0.0, 0.0
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return mean, 1.96 * math.sqrt(var / len(d))
 
 
 # --- model, outputs, stage -----------------------------------------------------------------------
@@ -446,6 +461,8 @@ def table_rows(metrics: dict) -> list[dict]:
                         "skipped": m.get("skipped", 0),
                         "truncated": m.get("truncated", 0),
                         "mean_shots": round(m.get("mean_shots", int(key[1:])), 2),
+                        "gain": round(m["gain"], 4) if "gain" in m else None,
+                        "gain_ci95": round(m["gain_ci95"], 4) if "gain" in m else None,
                     }
                 )
     return rows
@@ -455,9 +472,11 @@ def markdown_table(metrics: dict) -> str:
     """Accuracy by task (rows) and k (columns), acc_norm in brackets for choice tasks, chance beside."""
     rows = table_rows(metrics)
     ks = sorted({r["k"] for r in rows})
+    top = ks[-1] if len(ks) > 1 else None  # the paired gain of the largest k over the smallest
     lines = [
-        "| model | task | n | chance | " + " | ".join(f"k={k}" for k in ks) + " |",
-        "|---|---|---:|---:|" + "---:|" * len(ks),
+        "| model | task | n | chance | " + " | ".join(f"k={k}" for k in ks)
+        + (f" | k={top} − k={ks[0]} (95% CI) |" if top is not None else " |"),
+        "|---|---|---:|---:|" + "---:|" * (len(ks) + (top is not None)),
     ]
     notes = []
     for model, tasks in metrics.items():
@@ -474,10 +493,15 @@ def markdown_table(metrics: dict) -> str:
                         f"{model} {task} k={k}: {r['truncated']}/{r['n']} contexts truncated "
                         f"({r['mean_shots']:.2f} examples kept on average)"
                     )
+            if top is not None:
+                r = mine.get(top)
+                cells.append("–" if r is None or r["gain"] is None else f"{r['gain']:+.3f} ± {r['gain_ci95']:.3f}")
             first = next(iter(mine.values()))
             lines.append(f"| {model} | {task} | {first['n']} | {first['chance']:.3f} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("acc (acc_norm: log-likelihood per character) for choice tasks; exact match for generate tasks.")
+    lines.append("acc (acc_norm: log-likelihood per character) for choice tasks; exact match for generate tasks. "
+                 "The last column: the same items' accuracy at the largest k minus the smallest, ± the 95% "
+                 "half-width of the paired difference (above 0 beyond noise when the gain exceeds it).")
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -542,12 +566,17 @@ def evaluate(model: GPT, tok: Tokenizer, tasks: list[Task], pc: PromptEvalConfig
     """{task: {k<k>: metrics}} for every task and k, and the rendered samples by "task/k<k>"."""
     results, samples = {}, {}
     for task in tasks:
+        first = None  # {item: correct} at the smallest k: each larger k is compared with it, item by item
         for k in sorted(pc.shots):
             t0 = time.perf_counter()
-            m, samples[f"{task.name}/k{k}"] = evaluate_task(model, tok, task, k, pc)
+            m, samples[f"{task.name}/k{k}"], hits = evaluate_task(model, tok, task, k, pc)
             if m is None:  # the same items are skipped at every k
                 print(f"prompt_eval: {task.name}: skipped, no query fits the model's window", file=sys.stderr)
                 break
+            if first is None:
+                first = hits
+            else:
+                m["gain"], m["gain_ci95"] = paired_gain(first, hits)
             results.setdefault(task.name, {})[f"k{k}"] = m
             print(
                 f"prompt_eval: {task.name} k={k}: acc={m['acc']:.3f} chance={m['chance']:.3f} n={m['n']} "

@@ -43,6 +43,13 @@ class InstructionFilesConfig:
 
 
 @dataclass
+class TaskSizes:
+    train: int = -1  # labelled rows of this world task per split; -1 = data.n_train / n_val / n_test
+    val: int = -1
+    test: int = -1
+
+
+@dataclass
 class DataConfig:
     source: str = "world"  # world | pydoc | files | hf: where the corpus comes from
     out_dir: str = "data/raw"  # stage output: corpus.jsonl, tasks/, prompts/, instructions/, stats.json
@@ -52,6 +59,7 @@ class DataConfig:
     n_train: int = 300  # examples per world task split, rounded down to a multiple of the class count
     n_val: int = 150
     n_test: int = 300
+    task_sizes: dict[str, TaskSizes] = field(default_factory=dict)  # per world task: {train, val, test}
     n_prompt_train: int = 64  # few-shot pool per prompt task (antonym: at most 12 words)
     n_prompt_test: int = 200  # scored items per prompt task (antonym: the remaining ~40 words)
     n_sft_train: int = 1500  # demonstrations
@@ -135,6 +143,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW decay on matmul weights
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     clf_dropout: float = 0.1  # dropout on the classifier input
+    special_init: str = "keep"  # embeddings of <|start|> <|delim|> <|extract|> from pre-training: keep | mean (of the text tokens')
     max_len: int = -1  # tokens per sequence after the transform; -1 = the model's block_size
     max_train_rows: int = -1  # use only the first N training rows; -1 = all
     eval_batch_size: int = 128  # examples per forward pass when evaluating
@@ -385,6 +394,27 @@ class EvaluateConfig:
     plot_file: str = "metrics/overoptimization.png"
     seed: int = 1337  # KL samples, few-shot demonstrations
     threads: int = 0  # torch CPU threads; 0 = torch's default
+
+# --- scaling (flows/scaling.py: not a stage of the default DAG) ------------------------
+
+@dataclass
+class ScalingSize:
+    name: str = "tiny"  # folder name under out_dir / metrics_dir
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+
+
+@dataclass
+class ScalingConfig:
+    sizes: list[ScalingSize] = field(default_factory=list)  # the model shapes pre-trained on the same corpus
+    max_steps: int = -1  # pre-training steps of every size; -1 = pretrain.max_steps
+    concurrency: int = 1  # sizes trained at once (1 on CPU: each already uses every core)
+    out_dir: str = "models/scaling"  # <out_dir>/<size>/: each size's checkpoint
+    metrics_dir: str = "metrics/scaling"  # <metrics_dir>/<size>/: pretrain.json, prompt_eval.json, settings.json
+    report_file: str = "docs/scaling.md"  # the table: params, val loss, accuracy by task and k, few-shot gain
+    plot_file: str = "docs/scaling.png"  # accuracy against k per size; few-shot gain against parameters
+
 
 # --- tracking -------------------------------------------------------------------------
 

@@ -313,3 +313,27 @@ def test_default_world_no_leaks_and_calibrated_oracle(tmp_path):
     assert leaked(docs, distinctive(out)) == []
     assert m["oracle_agreement"] == pytest.approx(0.73, abs=0.02)
     assert m["sentiment.bow"] < 0.85
+
+
+def test_task_sizes_per_task(tmp_path):
+    out = tmp_path / "raw"
+    run(make_cfg(out, *TINY, "data.corpus_mb=0.05", "data.task_sizes.story_cloze.train=120",
+                 "data.task_sizes.entailment.test=90"))
+    n = {t: {s: len(read_jsonl(out / "tasks" / t / f"{s}.jsonl")) for s in ("train", "val", "test")}
+         for t in ("sentiment", "entailment", "story_cloze")}
+    assert n["story_cloze"] == {"train": 120, "val": 28, "test": 60}  # multiples of the 4 answers
+    assert n["entailment"] == {"train": 60, "val": 30, "test": 90}
+    assert n["sentiment"] == {"train": 60, "val": 30, "test": 60}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["tasks"]["story_cloze"]["splits"]["train"]["n"] == 120
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("+data.task_sizes.reviews={train: 10}", r"data\.task_sizes\.reviews: not a world task"),
+    ("data.task_sizes.sentiment.val=2", r"data\.task_sizes\.sentiment\.val: 2 is too small"),
+])
+def test_bad_task_sizes_one_line(tmp_path, override, pattern):
+    out = tmp_path / "raw"
+    with pytest.raises(InputError, match=pattern) as e:
+        run(make_cfg(out, *TINY, "data.corpus_mb=0.05", override))
+    assert "\n" not in str(e.value) and not out.exists()

@@ -28,6 +28,7 @@ from tasks.prompt_eval import (
     draw_examples,
     evaluate_task,
     generate_answers,
+    paired_gain,
     load_task,
     normalize_answer,
     run,
@@ -224,6 +225,16 @@ def test_shared_context_scoring_equals_one_pass_per_choice_up_to_the_window():
 # --- generation and exact match -------------------------------------------------------------------
 
 
+def test_paired_gain_is_the_mean_item_difference_with_its_interval():
+    base = {0: True, 1: False, 2: False, 3: True}
+    other = {0: True, 1: True, 2: True, 3: False, 9: True}  # item 9 was not scored at the base k: left out
+    gain, ci = paired_gain(base, other)
+    d = [0, 1, 1, -1]
+    var = sum((x - 0.25) ** 2 for x in d) / 3
+    assert gain == pytest.approx(0.25) and ci == pytest.approx(1.96 * (var / 4) ** 0.5)
+    assert paired_gain(base, base) == (0.0, 0.0)
+
+
 def test_normalize_answer_and_stop_sequences():
     assert normalize_answer("  The Park. ") == "park"
     assert normalize_answer("An apple, a pear!") == "apple pear"
@@ -261,11 +272,15 @@ def test_stage_end_to_end(world, tmp_path):
     # the trained model knows the facts and the format: exact match well above chance
     assert col["k0"]["acc"] >= 0.5 and col["k2"]["acc"] >= 0.5 and sen["k2"]["acc"] >= 0.75, metrics
     assert flat["prompt_eval/colour/k2/acc"] == col["k2"]["acc"]
+    # the paired few-shot gain: same items, k=2 minus k=0; none at the smallest k
+    assert "gain" not in col["k0"] and col["k2"]["gain"] == pytest.approx(col["k2"]["acc"] - col["k0"]["acc"])
+    assert col["k2"]["gain_ci95"] >= 0
     rows = table_rows(metrics)
     assert [(r["task"], r["k"]) for r in rows] == [("colour", 0), ("colour", 2), ("sentiment", 0), ("sentiment", 2)]
     assert rows[0]["acc_norm"] is None and rows[2]["acc_norm"] is not None
     table = (out / "table.md").read_text()
-    assert f"| {name} | colour | 8 | 0.000 |" in table
+    assert f"| {name} | colour | 8 | 0.000 |" in table and "| k=2 − k=0 (95% CI) |" in table
+    assert f"{col['k2']['gain']:+.3f} ± {col['k2']['gain_ci95']:.3f} |" in table
     curve = (out / "curve.csv").read_text().splitlines()
     assert curve[0] == "model,task,k,acc,chance" and len(curve) == 5
     assert (out / "curve.png").stat().st_size > 1000
@@ -319,7 +334,7 @@ def test_long_contexts_drop_the_oldest_examples_or_fail_clearly(world):
         assert instruction == task.spec.instruction  # examples are dropped before the instruction
         assert tok.decode(f.context).endswith("\n\n" + kept)  # the newest examples and the query survive
         assert kept.count("Review:") == s.shots + 1
-    m, _ = evaluate_task(ckpt.model, tok, task, 8, pc)
+    m, _, _ = evaluate_task(ckpt.model, tok, task, 8, pc)
     assert m["truncated"] == 6 and m["mean_shots"] < 8
     long = {"text": "The food was good. " * 40, "choices": ["positive", "negative"], "answer": "positive"}
     task.test = [task.test[0], long, task.test[1]]
@@ -327,10 +342,10 @@ def test_long_contexts_drop_the_oldest_examples_or_fail_clearly(world):
         build_requests(tok, task, 0, pc, 64, ckpt.config.vocab_size)
     pc.too_long = "skip"  # or leave such items out, counted
     assert [r.item for r in build_requests(tok, task, 2, pc, 64, ckpt.config.vocab_size)] == [0, 2]
-    m, _ = evaluate_task(ckpt.model, tok, task, 2, pc)
+    m, _, _ = evaluate_task(ckpt.model, tok, task, 2, pc)
     assert m["n"] == 2 and m["skipped"] == 1
     task.test = [long]
-    assert evaluate_task(ckpt.model, tok, task, 2, pc) == (None, [])
+    assert evaluate_task(ckpt.model, tok, task, 2, pc) == (None, [], {})
 
 
 def test_unknown_model_and_selected_task(world, tmp_path):

@@ -283,3 +283,21 @@ def test_prompts_state_what_the_rubric_checks(big_instructions):
             assert meta["subject"] in text and re.search(r"(at most|no more than|under|fewer than) \d+ words", text)
         else:
             assert "opposite" in toks and meta["word"] in toks
+
+
+@pytest.mark.parametrize("task", sorted(T.TASKS))
+def test_held_out_rows_do_not_depend_on_the_training_size(task):
+    """Test and validation rows are drawn first: more training rows leave them as they were."""
+    small = T.make_splits(task, random.Random(3), {"train": 24, "val": 12, "test": 24}, set())
+    large = T.make_splits(task, random.Random(3), {"train": 96, "val": 12, "test": 24}, set())
+    assert list(large) == ["train", "val", "test"]
+    assert large["val"] == small["val"] and large["test"] == small["test"]
+    assert len(large["train"]) == 96 and large["train"] != small["train"]
+
+
+def test_build_sizes_per_task():
+    per_task = {"story_cloze": {"train": 48, "val": 12, "test": 24}}
+    w = W.build(7, 0, **SMALL, per_task=per_task)
+    assert len(w.tasks["story_cloze"]["train"]) == 48
+    assert {len(w.tasks[t]["train"]) for t in ("sentiment", "paraphrase")} == {24}
+    assert w.tasks["story_cloze"]["test"] == W.build(7, 0, **SMALL).tasks["story_cloze"]["test"]

@@ -36,8 +36,9 @@ def instruction_leak(row: dict) -> list[str]:
 
 
 def build(seed: int, corpus_bytes: int, task_sizes: dict[str, int], prompt_sizes: tuple[int, int],
-          instruction_sizes: dict[str, int]) -> World:
-    """Everything the world yields; `corpus_bytes` = 0 skips the corpus."""
+          instruction_sizes: dict[str, int], per_task: dict[str, dict[str, int]] | None = None) -> World:
+    """Everything the world yields; `corpus_bytes` = 0 skips the corpus. `task_sizes` ({split: n})
+    applies to every labelled task that `per_task` ({task: {split: n}}) does not name."""
     def rng(part: str) -> random.Random:
         return random.Random(f"{seed}/{part}")
 
@@ -45,7 +46,7 @@ def build(seed: int, corpus_bytes: int, task_sizes: dict[str, int], prompt_sizes
     leak: list[list[str]] = []
     tasks = {}
     for name, spec in T.TASKS.items():
-        tasks[name] = T.make_splits(name, rng(f"task/{name}"), task_sizes, seen)
+        tasks[name] = T.make_splits(name, rng(f"task/{name}"), (per_task or {}).get(name, task_sizes), seen)
         leak += [T.leak_texts(spec["type"], r) for rows in tasks[name].values() for r in rows]
     prompts = {}
     for name in P.PROMPT_TASKS:

@@ -174,11 +174,15 @@ def make_splits(task: str, rng: random.Random, sizes: dict[str, int], seen: set[
     """Label-balanced splits of `task` ({split: n}), no item repeated within or across splits.
 
     `seen` holds the keys of every item generated so far (all tasks share it) and is updated.
+    Held-out splits are drawn first (test, val, then the rest), so a larger training split
+    leaves the test and validation rows as they were.
     """
     spec = TASKS[task]
     labels = spec.get("labels") or list(range(spec["n_choices"]))
     out = {}
-    for split, n in sizes.items():
+    first = [s for s in ("test", "val") if s in sizes]
+    for split in first + [s for s in sizes if s not in first]:
+        n = sizes[split]
         rows = []
         for i in range(n - n % len(labels)):
             for _ in range(1000):
@@ -192,4 +196,4 @@ def make_splits(task: str, rng: random.Random, sizes: dict[str, int], seen: set[
                 raise RuntimeError(f"world: cannot find a new {task} item (the split is too large)")
         rng.shuffle(rows)
         out[split] = rows
-    return out
+    return {split: out[split] for split in sizes}
