@@ -10,9 +10,6 @@ decay, gradient clipping and accumulation, periodic validation, bf16 autocast on
 optional `torch.compile`. Batches are a pure function of (seed, step): every step draws
 `batch_size` random windows from train.bin, split across processes and micro-batches, so
 the same global batch is seen whatever the world size, and a resumed run replays exactly.
-With `short_block` > 0 the first `short_steps` steps see each window as pieces of
-`short_block` tokens (the same tokens, attention within each piece: BERT's short-then-long
-schedule), so the early positions get most of the training before the window grows.
 The checkpoint (atomic) holds `trainer.pt` (optimizer, RNG, history) for exact resumption.
 """
 
@@ -101,8 +98,6 @@ class Trainer:
         self.T = pc.block_size if pc.block_size > 0 else mc.block_size
         if self.T > mc.block_size:
             raise InputError(f"pretrain.block_size={self.T} exceeds the model's context model.block_size={mc.block_size}")
-        if pc.short_block < 0 or (pc.short_block > 0 and self.T % pc.short_block):
-            raise InputError(f"pretrain.short_block={pc.short_block} must divide the training window ({self.T} tokens); 0 = off")
         if pc.batch_size % (pc.micro_batch_size * self.world):
             raise InputError(
                 f"pretrain.batch_size={pc.batch_size} is not divisible by micro_batch_size={pc.micro_batch_size} x processes={self.world}"
@@ -170,8 +165,6 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for i in range(self.accum):
             x, y = window_batch(self.train_data, mine[i * mb : (i + 1) * mb], self.T)
-            if self.step < pc.short_steps and pc.short_block > 0:  # the same tokens, in shorter windows
-                x, y = x.reshape(-1, pc.short_block), y.reshape(-1, pc.short_block)
             x, y = x.to(self.device), y.to(self.device)
             sync = not self.ddp or i == self.accum - 1
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():

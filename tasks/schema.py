@@ -101,8 +101,6 @@ class PretrainConfig:
     curve_file: str = "metrics/pretrain_curve.csv"  # step,train_loss,val_loss (DVC plot)
     init: str = "scratch"  # scratch | checkpoint folder | Hugging Face GPT-2 folder
     block_size: int = -1  # tokens per training sequence; -1 = model.block_size
-    short_block: int = 0  # > 0: the first short_steps steps see each window as block_size/short_block shorter ones
-    short_steps: int = 0  # (the same tokens; attention within each piece only): BERT's short-then-long schedule
     batch_size: int = 32  # sequences per optimizer step, all processes together
     micro_batch_size: int = 32  # sequences per forward pass per process
     max_steps: int = 1500  # optimizer steps

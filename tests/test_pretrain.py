@@ -122,19 +122,3 @@ def test_truncated_checkpoint_is_a_clear_error(tokenized):
     write_params(compose([*SMALL, "pretrain.max_steps=10", "pretrain.resume=true"]), "params.yaml")
     proc = run_cmd([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], cwd=tokenized, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
-def test_short_then_long_schedule(tokenized):
-    """short_block cuts each window into pieces for the first short_steps: the same tokens, shorter
-    attention; a piece as long as the window changes nothing, and a piece that does not divide it
-    is refused."""
-    args = [*SMALL, "pretrain.max_steps=6", "pretrain.eval_every=0"]
-    base = pretrain.run(compose([*args, "pretrain.short_block=0"]))
-    off = curve()
-    whole = pretrain.run(compose([*args, "pretrain.short_block=64", "pretrain.short_steps=3"]))
-    assert curve() == off and whole["val_loss"] == base["val_loss"]
-    cut = pretrain.run(compose([*args, "pretrain.short_block=16", "pretrain.short_steps=3"]))
-    pieces = curve()
-    assert pieces[1] != off[1] and cut["tokens_seen"] == base["tokens_seen"]
-    with pytest.raises(InputError, match=r"pretrain.short_block=24 must divide the training window \(64 tokens\)"):
-        pretrain.run(compose([*args, "pretrain.short_block=24", "pretrain.short_steps=3"]))
