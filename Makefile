@@ -16,7 +16,7 @@ PORT ?= 4200
 # the CPU build of torch to install when there is no GPU (a wheel on local disk or a CPU index)
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: pipeline test setup serve mlflow-ui bench clean report
+.PHONY: pipeline test setup serve mlflow-ui bench clean report scaling
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ setup: $(VENV)/.installed
 pipeline: setup
 	$(PY) -m flows.pipeline $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
 	$(PY) -m tasks.report
+
+# The scaling experiment (not part of `make pipeline`): docs/scaling.md and docs/scaling.png
+scaling: setup
+	$(PY) -m flows.scaling
 
 # RESULTS.md from metrics/: every results table, generated (the end of `make pipeline`)
 report: setup

@@ -132,6 +132,7 @@ def sections(m: Path) -> dict[str, str]:
                        "after", "KL (samples)", "Δ log p chosen", "Δ log p rejected"]), ""]
     cut("instructgpt")
     secs["verdicts13"] = verdicts13(m)
+    secs["scaling"] = scaling_section(Path("docs/scaling.md"))
     secs["verdicts12"] = verdicts12(m)
     secs["verdicts3"] = verdicts3(m)
     return secs
@@ -178,6 +179,15 @@ def verdicts13(m: Path, stats_file: Path = Path("data/raw/stats.json")) -> str:
                           f"{len(above)} of {len(gains)}" + (f": {', '.join(above)}" if above else ""), met(len(above) > len(gains) / 2)]],
                         ["goal", "measured", "verdict"]), ""]
     return "\n".join(lines) + "\n" if lines else "_not run_\n"
+
+
+def scaling_section(path: Path) -> str:
+    """The scaling experiment's tables, from the report `make scaling` wrote (its stamp stays there)."""
+    if not path.is_file():
+        return f"_not run: {path} is missing (`make scaling`)_\n"
+    text = path.read_text(encoding="utf-8")
+    start = text.find("| size |")
+    return (f"From [{path}]({path}) (`make scaling`; its own stamp names the commit and machine):\n\n" + text[start:]).strip() + "\n"
 
 
 def verdicts12(m: Path) -> str:
@@ -239,6 +249,7 @@ TITLES = {"pretrain": "Pre-training (GPT-1 §3.1)", "finetune": "Fine-tuning (GP
           "reward_model": "InstructGPT step 2: rankings and reward model",
           "instructgpt": "InstructGPT step 3 and beyond: PPO, PPO-ptx, DPO, best-of-n",
           "verdicts13": "Goals of GPT-1 fine-tuning and GPT-3 few-shot",
+          "scaling": "Scaling: in-context learning against model size (make scaling)",
           "verdicts12": "Goals of InstructGPT steps 1-2", "verdicts3": "Goals of InstructGPT step 3 (judged by the oracle)"}
 
 
