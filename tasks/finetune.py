@@ -253,6 +253,8 @@ def lm_key(lm_coef: float) -> str:
 
 def settings(fc: FinetuneConfig) -> list[tuple[str, float]]:
     """The main setting first, then the rest of the init x lm_coef grid."""
+    if fc.special_init not in ("keep", "mean"):
+        raise InputError(f"finetune.special_init={fc.special_init!r}: expected keep or mean")
     main = (fc.init, float(fc.lm_coef))
     grid = [(i, float(c)) for i, c in itertools.product(fc.ablations.init, fc.ablations.lm_coef)]
     out = [main] + [s for s in grid if s != main]

@@ -344,7 +344,28 @@ def test_hypothesis_longer_than_context_is_one_line(workspace):
         finetune.run(compose([*QUICK, "finetune.task=long"]))
 
 
+def test_special_init_mean_moves_only_the_special_rows(tok):
+    """special_init=mean starts <|start|> <|delim|> <|extract|> at the mean text-token embedding;
+    every other row, and the model for `keep` or from scratch, is the pre-trained one."""
+    t, _ = tok
+    sp = Specials.of(t)
+    base = tiny_gpt(t.vocab_size, seed=5)
+    task = finetune.Task("t", "classification", ["a", "b"], None, Path("."))
+    specials = (sp.start, sp.delim, sp.extract)
+    fc = compose(["finetune.special_init=mean"]).finetune
+    w0 = base.transformer.wte.weight.detach()
+    w = finetune.build_model("pretrain", base, task, fc, "cpu", specials).gpt.transformer.wte.weight.detach()
+    text = [i for i in range(t.vocab_size) if i not in specials]
+    assert torch.equal(w[text], w0[text])
+    for i in specials:
+        assert torch.allclose(w[i], w0[text].mean(0)) and not torch.allclose(w0[i], w[i])
+    keep = compose(["finetune.special_init=keep"]).finetune
+    assert torch.equal(finetune.build_model("pretrain", base, task, keep, "cpu", specials).gpt.transformer.wte.weight, w0)
+
+
 def test_bad_settings(workspace):
+    with pytest.raises(InputError, match="finetune.special_init='zero': expected keep or mean"):
+        finetune.run(compose([*QUICK, "finetune.special_init=zero"]))
     with pytest.raises(InputError, match="finetune init 'random'"):
         finetune.run(compose([*QUICK, "finetune.init=random"]))
     with pytest.raises(InputError, match="finetune.max_len=64: must be between 4 and the model's block_size=48"):
