@@ -17,7 +17,8 @@ from tasks.data import run
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.n_train=60", "data.n_val=30", "data.n_test=60", "data.n_prompt_train=8", "data.n_prompt_test=30",
-        "data.n_sft_train=60", "data.n_sft_val=12", "data.n_rl_prompts=60", "data.n_rl_eval=24"]
+        "data.n_sft_train=60", "data.n_sft_val=12", "data.n_rl_prompts=60", "data.n_rl_eval=24",
+        *(f"data.task_sizes.{t}.train=-1" for t in ("sentiment", "entailment", "paraphrase", "story_cloze"))]
 ROW_KEYS = {"classification": {"text", "label"}, "entailment": {"premise", "hypothesis", "label"},
             "similarity": {"text_a", "text_b", "label"}, "multiple_choice": {"context", "choices", "label"}}
 
