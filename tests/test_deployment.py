@@ -29,8 +29,8 @@ def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
 
     def run_smoke(deployment: str, log: Path) -> None:
         """`prefect deployment run <deployment> --watch` on the smoke experiment: it must complete."""
-        proc = run_cmd([prefect, "deployment", "run", deployment, "-p", 'overrides=["experiment=smoke"]', "--watch", "--watch-timeout", "400"],
-                       project, env=env, check=False, timeout=450)
+        proc = run_cmd([prefect, "deployment", "run", deployment, "-p", 'overrides=["experiment=smoke"]', "--watch", "--watch-timeout", "900"],
+                       project, env=env, check=False, timeout=960)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log.read_text()[-3000:]
         assert "Completed" in proc.stdout + proc.stderr
 

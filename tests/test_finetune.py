@@ -237,7 +237,8 @@ def test_lm_coef_zero_gives_the_lm_head_no_gradient(tok):
 
 
 def test_end_to_end_grid_checkpoint_and_report(workspace):
-    cfg = compose([*QUICK, "finetune.epochs=4", "finetune.lr=3e-3", "finetune.max_len=12", "finetune.tasks=[sentiment,story_cloze]"])
+    cfg = compose([*QUICK, "finetune.epochs=4", "finetune.lr=3e-3", "finetune.max_len=12", "finetune.tasks=[sentiment,story_cloze]",
+                   "finetune.ablations.lm_coef=[0.0,0.5]"])  # the full grid: GPT-1's two ablations
     flat = finetune.run(cfg)
     metrics = json.loads(Path("metrics/finetune/sentiment.json").read_text())
     assert set(metrics["sentiment"]) == {"pretrain", "scratch"}
