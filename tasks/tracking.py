@@ -42,12 +42,21 @@ def git_commit() -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite store as an absolute one: MLflow caches a store by its URI string, so in one
+    process `sqlite:///mlflow.db` would keep pointing at the first working directory's file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def setup(tcfg: TrackingConfig) -> str:
     """Point MLflow at the configured store and return the experiment id (creating it if needed)."""
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tcfg.uri)
+    mlflow.set_tracking_uri(absolute_uri(tcfg.uri))
     exp = mlflow.get_experiment_by_name(tcfg.experiment)
     if exp is not None:
         return exp.experiment_id

@@ -39,7 +39,7 @@ def test_scaling_flow_trains_each_size_and_reports(project, prefect_harness):
     status = run_cmd([sys.executable, "-m", "dvc", "status", "tokenize"], cwd=project)
     assert "changed" not in status.stdout
 
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")  # absolute: MLflow caches stores by URI
     exp = client.get_experiment_by_name("instructflow")
     (parent,) = client.search_runs([exp.experiment_id], "tags.`instructflow.stage` = 'scaling'")
     assert parent.info.status == "FINISHED"
