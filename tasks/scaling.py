@@ -160,6 +160,7 @@ def run(cfg) -> dict[str, float]:
         "",
         f"![accuracy against k and few-shot gain against parameters]({Path(sc.plot_file).name})",
         "",
+        "",
     ]
     atomic_write_text(sc.report_file, "\n".join(head) + markdown(records, cfg))
     fig = plot(records)
