@@ -258,17 +258,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     if not Path(".dvc").is_dir():
         raise ConfigError(f"{Path.cwd()}: not a DVC repository (run `git init && dvc init` there)")
     cfg = configure(overrides)
-    parent_id = None
-    if cfg.tracking.enabled:
-        import mlflow
-
-        exp_id = tracking.setup(cfg.tracking)
-        tags = {"instructflow.stage": "pipeline", "overrides": json.dumps(overrides)}
-        if commit := tracking.git_commit():
-            tags["git.commit"] = commit
-        parent_id = mlflow.MlflowClient().create_run(exp_id, run_name="pipeline", tags=tags).info.run_id
-        # every setting at the parent too: runs compare in the MLflow UI by any parameter
-        tracking.log_run_params(parent_id, tracking.config_params(cfg))
+    parent_id = tracking.start_parent_run(cfg, "pipeline", overrides)
     status = "FAILED"
     results, raw = {}, {}
     graph = stage_graph()
@@ -300,6 +290,8 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     finally:
         _SLOTS.pop(key, None)
         if parent_id:
+            import mlflow
+
             client = mlflow.MlflowClient()
             for k, v in dvc_lock_tags().items():
                 client.set_tag(parent_id, k, v)

@@ -148,16 +148,7 @@ def scaling(overrides: list[str] | None = None) -> dict:
     overrides = with_experiment(overrides)
     cfg = compose(overrides)
     check_sizes(cfg)
-    parent_id = None
-    if cfg.tracking.enabled:
-        import mlflow
-
-        exp_id = tracking.setup(cfg.tracking)
-        tags = {"instructflow.stage": "scaling", "overrides": json.dumps(overrides)}
-        if commit := tracking.git_commit():
-            tags["git.commit"] = commit
-        parent_id = mlflow.MlflowClient().create_run(exp_id, run_name="scaling", tags=tags).info.run_id
-        tracking.log_run_params(parent_id, tracking.config_params(cfg))
+    parent_id = tracking.start_parent_run(cfg, "scaling", overrides)
     status = "FAILED"
     try:
         prepare(cfg, overrides, parent_id)

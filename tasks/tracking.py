@@ -71,6 +71,24 @@ def setup(tcfg: TrackingConfig) -> str:
         return mlflow.get_experiment_by_name(tcfg.experiment).experiment_id
 
 
+def start_parent_run(cfg: Any, name: str, overrides: list[str]) -> str | None:
+    """A parent run `name` for a flow (None when tracking is off): tagged with the overrides and the
+    commit, every setting logged as a param so runs compare in the MLflow UI by any of them."""
+    if not cfg.tracking.enabled:
+        return None
+    import json
+
+    import mlflow
+
+    exp_id = setup(cfg.tracking)
+    tags = {"instructflow.stage": name, "overrides": json.dumps(overrides)}
+    if commit := git_commit():
+        tags["git.commit"] = commit
+    run_id = mlflow.MlflowClient().create_run(exp_id, run_name=name, tags=tags).info.run_id
+    log_run_params(run_id, config_params(cfg))
+    return run_id
+
+
 def config_params(cfg: Any, sections: list[str] | None = None) -> dict[str, str]:
     """The resolved config (or its `sections`) as flat dotted MLflow params (values capped at 6000 chars)."""
     from omegaconf import OmegaConf
