@@ -14,7 +14,8 @@ Prefect UI shows the real edges. Each task calls `dvc --wait-for-lock repro --si
 (`--wait-for-lock` makes concurrent runs in one workspace queue on DVC's short lock phases
 instead of failing), and runs the stage's `python -m tasks.<stage>`, whose MLflow run nests
 under the flow's parent run. At most `pipeline.concurrency` stages run at once (0 = the number
-of CPU cores), and stages listed in `pipeline.gpu_stages` one at a time when the device is a
+of CPU cores; a free slot goes to the waiting stage with the longest chain of stages behind it),
+and stages listed in `pipeline.gpu_stages` one at a time when the device is a
 GPU. A stage's torch thread count comes from its own config, never from how many stages run
 beside it, so a parallel run gives the same numbers as a serial one.
 """
@@ -114,20 +115,59 @@ def configure(overrides: list[str]):
     return cfg
 
 
-class Slots:
-    """How many stages may run at once: `concurrency` in all, GPU-heavy ones one at a time."""
+def critical_path(graph: dict[str, list[str]]) -> dict[str, int]:
+    """{stage: the number of stages on its longest path to the end of the DAG, itself included}."""
+    below: dict[str, list[str]] = {s: [] for s in graph}
+    for s, ups in graph.items():
+        for u in ups:
+            below[u].append(s)
+    depth: dict[str, int] = {}
+    for s in reversed(stages(graph)):
+        depth[s] = 1 + max((depth[d] for d in below[s]), default=0)
+    return depth
 
-    def __init__(self, concurrency: int, gpu_stages: list[str], device: str):
-        self.all = threading.BoundedSemaphore(concurrency if concurrency > 0 else (os.cpu_count() or 1))
+
+class Slots:
+    """How many stages may run at once: `concurrency` in all, GPU-heavy ones one at a time.
+
+    A free slot goes to the waiting stage with the longest path of stages still behind it (ties:
+    first come), so the InstructGPT chain (sft -> ... -> evaluate) is not kept waiting behind
+    fine-tuning stages that only feed finetune_report."""
+
+    def __init__(self, concurrency: int, gpu_stages: list[str], device: str, priority: dict[str, int] | None = None):
+        self.free = concurrency if concurrency > 0 else (os.cpu_count() or 1)
+        self.priority = priority or {}
+        self.cond = threading.Condition()
+        self.waiting: list[tuple[int, int, str]] = []  # (-priority, arrival, stage)
+        self.arrivals = 0
         self.gpu = threading.BoundedSemaphore(1)
         gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
         self.gpu_stages = set(gpu_stages) if gpu else set()
 
+    def _acquire(self, stage: str) -> None:
+        with self.cond:
+            me = (-self.priority.get(stage, 0), self.arrivals, stage)
+            self.arrivals += 1
+            self.waiting.append(me)
+            self.cond.wait_for(lambda: self.free > 0 and min(self.waiting) == me)
+            self.waiting.remove(me)
+            self.free -= 1
+            self.cond.notify_all()
+
+    def _release(self) -> None:
+        with self.cond:
+            self.free += 1
+            self.cond.notify_all()
+
     @contextlib.contextmanager
     def hold(self, stage: str):
         heavy = stage.split("@")[0] in self.gpu_stages
-        with self.all, (self.gpu if heavy else contextlib.nullcontext()):
-            yield
+        self._acquire(stage)
+        try:
+            with self.gpu if heavy else contextlib.nullcontext():
+                yield
+        finally:
+            self._release()
 
 
 def _cuda_available() -> bool:
@@ -263,7 +303,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     results, raw = {}, {}
     graph = stage_graph()
     key = str(id(cfg))
-    _SLOTS[key] = Slots(cfg.pipeline.concurrency, list(cfg.pipeline.gpu_stages), cfg.device)
+    _SLOTS[key] = Slots(cfg.pipeline.concurrency, list(cfg.pipeline.gpu_stages), cfg.device, critical_path(graph))
     order = stages(graph)
     futures = {}
     try:

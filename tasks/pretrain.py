@@ -10,6 +10,10 @@ decay, gradient clipping and accumulation, periodic validation, bf16 autocast on
 optional `torch.compile`. Batches are a pure function of (seed, step): every step draws
 `batch_size` random windows from train.bin, split across processes and micro-batches, so
 the same global batch is seen whatever the world size, and a resumed run replays exactly.
+With `short_fraction` > 0 that share of every micro-batch's windows is cut into pieces of
+`short_block` tokens (the same tokens, attention within each piece), so a long window does not
+starve the short contexts that zero-shot prompts and instructions live in. Validation reports
+`val_loss` on whole windows and `val_loss_short` on the same windows cut into `short_block` pieces.
 The checkpoint (atomic) holds `trainer.pt` (optimizer, RNG, history) for exact resumption.
 """
 
@@ -98,6 +102,16 @@ class Trainer:
         self.T = pc.block_size if pc.block_size > 0 else mc.block_size
         if self.T > mc.block_size:
             raise InputError(f"pretrain.block_size={self.T} exceeds the model's context model.block_size={mc.block_size}")
+        if pc.short_block <= 0 or self.T % min(pc.short_block, self.T):
+            raise InputError(f"pretrain.short_block={pc.short_block} must be > 0 and divide the training window ({self.T} tokens)")
+        self.S = min(pc.short_block, self.T)
+        n_short = pc.short_fraction * pc.micro_batch_size
+        if not 0.0 <= pc.short_fraction <= 1.0 or abs(n_short - round(n_short)) > 1e-9:
+            raise InputError(
+                f"pretrain.short_fraction={pc.short_fraction} must be in [0, 1] and a whole number of the "
+                f"micro-batch's {pc.micro_batch_size} windows"
+            )
+        self.n_short = int(round(n_short))
         if pc.batch_size % (pc.micro_batch_size * self.world):
             raise InputError(
                 f"pretrain.batch_size={pc.batch_size} is not divisible by micro_batch_size={pc.micro_batch_size} x processes={self.world}"
@@ -168,7 +182,7 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             sync = not self.ddp or i == self.accum - 1
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
-                _, loss = self.net(x, y)
+                loss = self.window_loss(x, y)
             (loss / self.accum).backward()
             loss_sum += loss.detach()
         loss = self.mean_over_ranks(loss_sum / self.accum)
@@ -183,18 +197,33 @@ class Trainer:
         self.step += 1
         return loss
 
+    def window_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of a micro-batch whose first `n_short` windows are cut into pieces."""
+        k, S = self.n_short, self.S
+        if k == 0 or S == self.T:
+            return self.net(x, y)[1]
+        _, short = self.net(x[:k].reshape(-1, S), y[:k].reshape(-1, S))
+        if k == len(x):
+            return short
+        _, long = self.net(x[k:], y[k:])
+        return (k * short + (len(x) - k) * long) / len(x)  # every window holds T tokens
+
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> tuple[float, float]:
+        """Validation loss on whole windows and on the same windows cut into short_block pieces."""
         self.net.eval()
         mb = self.pc.micro_batch_size
         mine = self.val_offsets.view(-1, mb)[self.rank :: self.world]
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros(2, device=self.device)
         for offs in mine:
             x, y = window_batch(self.val_data, offs, self.T)
+            x, y = x.to(self.device), y.to(self.device)
             with self.autocast():
-                _, loss = self.net(x.to(self.device), y.to(self.device))
-            total += loss.float()
-        return self.mean_over_ranks(total / max(1, len(mine)))
+                _, loss = self.net(x, y)
+                _, short = self.net(x.reshape(-1, self.S), y.reshape(-1, self.S)) if self.S < self.T else (None, loss)
+            total += torch.stack([loss.float(), short.float()])
+        total = total / max(1, len(mine))
+        return self.mean_over_ranks(total[0]), self.mean_over_ranks(total[1])
 
     def save(self, metrics: dict) -> None:
         if not self.master:
@@ -216,10 +245,10 @@ class Trainer:
 
 
 def write_curve(path: Path, history: list[dict]) -> None:
-    lines = ["step,train_loss,val_loss"]
+    lines = ["step,train_loss,val_loss,val_loss_short"]
     for h in history:
-        val = h.get("val_loss")
-        lines.append(f"{h['step']},{h['train_loss']!r},{'' if val is None else repr(val)}")
+        val, short = (h.get(k) for k in ("val_loss", "val_loss_short"))
+        lines.append(f"{h['step']},{h['train_loss']!r},{'' if val is None else repr(val)},{'' if short is None else repr(short)}")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -250,7 +279,8 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
         from tqdm import tqdm
 
         bar = tqdm(total=pc.max_steps, initial=tr.step, desc="pretrain", unit="step", dynamic_ncols=True)
-    last_val = next((h["val_loss"] for h in reversed(tr.history) if h.get("val_loss") is not None), None)
+    last = next((h for h in reversed(tr.history) if h.get("val_loss") is not None), {})
+    last_val, last_short = last.get("val_loss"), last.get("val_loss_short")
     t0, tok_s, steps_timed = time.perf_counter(), 0.0, 0
     try:
         while tr.step < pc.max_steps:
@@ -260,14 +290,14 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
             record = {"step": tr.step, "train_loss": loss}
             final = tr.step == pc.max_steps
             if (pc.eval_every and tr.step % pc.eval_every == 0) or final:
-                last_val = tr.evaluate()
-                record["val_loss"] = last_val
+                last_val, last_short = tr.evaluate()
+                record.update(val_loss=last_val, val_loss_short=last_short)
             if tr.step % max(1, pc.log_every) == 0 or "val_loss" in record or final:
                 tr.history.append(record)
                 if tr.master:
                     m = {"train/loss": loss, "train/lr": lr_at(tr.step - 1, pc), "train/tokens_per_s": tok_s}
                     if "val_loss" in record:
-                        m.update({"val/loss": last_val, "val/ppl": math.exp(min(last_val, 50))})
+                        m.update({"val/loss": last_val, "val/ppl": math.exp(min(last_val, 50)), "val/loss_short": last_short})
                     tracking.log_metrics(m, step=tr.step)
             if bar is not None:
                 bar.update(1)
@@ -276,17 +306,18 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
                 val = f" val {last_val:.4f}" if "val_loss" in record else ""
                 print(f"pretrain step {tr.step}/{pc.max_steps} loss {loss:.4f}{val} {tok_s:,.0f} tok/s", file=sys.stderr, flush=True)
             if pc.ckpt_every and tr.step % pc.ckpt_every == 0 and not final:
-                tr.save({"train_loss": loss, "val_loss": last_val})
+                tr.save({"train_loss": loss, "val_loss": last_val, "val_loss_short": last_short})
     finally:
         if bar is not None:
             bar.close()
-    if last_val is None:  # resumed a finished run: nothing trained, evaluate once
-        last_val = tr.evaluate()
+    if last_val is None or last_short is None:  # resumed a finished run: nothing trained, evaluate once
+        last_val, last_short = tr.evaluate()
     last_train = tr.history[-1]["train_loss"] if tr.history else float("nan")
     metrics = {
         "train_loss": last_train,
         "val_loss": last_val,
         "val_ppl": math.exp(min(last_val, 50)),
+        "val_loss_short": last_short,
         "step": float(tr.step),
         "tokens_seen": float(tr.step * tokens_per_step),
         "tokens_per_s": tok_s,

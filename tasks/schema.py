@@ -101,6 +101,8 @@ class PretrainConfig:
     curve_file: str = "metrics/pretrain_curve.csv"  # step,train_loss,val_loss (DVC plot)
     init: str = "scratch"  # scratch | checkpoint folder | Hugging Face GPT-2 folder
     block_size: int = -1  # tokens per training sequence; -1 = model.block_size
+    short_block: int = 128  # piece length of the short windows (short_fraction) and of val_loss_short
+    short_fraction: float = 0.0  # share of every step's windows cut into short_block pieces (0 = none)
     batch_size: int = 32  # sequences per optimizer step, all processes together
     micro_batch_size: int = 32  # sequences per forward pass per process
     max_steps: int = 1500  # optimizer steps

@@ -1,7 +1,9 @@
 """The flow's task graph is DVC's own stage graph of dvc.yaml: the real edges, nothing hand-kept."""
 
+import threading
+
 from conftest import ROOT
-from flows.pipeline import stage_graph, stages
+from flows.pipeline import Slots, critical_path, stage_graph, stages
 
 
 def test_graph_is_dvcs_and_the_order_is_topological():
@@ -18,3 +20,31 @@ def test_graph_is_dvcs_and_the_order_is_topological():
     order = stages(graph)
     assert sorted(order) == sorted(graph) and order[0] == "data" and order[-1] == "evaluate"
     assert all(order.index(u) < order.index(s) for s, ups in graph.items() for u in ups)
+
+
+def test_a_free_slot_goes_to_the_longest_chain_first():
+    """Critical path = stages still behind a stage; with one slot taken, waiting stages get it in
+    that order (ties: first come), so SFT is not queued behind the fine-tuning tasks."""
+    depth = critical_path(stage_graph(ROOT))
+    assert depth["evaluate"] == 1 and depth["finetune_report"] == 1 and depth["finetune@story_cloze"] == 2
+    assert depth["sft"] > depth["prompt_eval"] and depth["sft"] > depth["finetune@sentiment"]
+    assert depth["data"] == max(depth.values())
+
+    slots = Slots(1, [], "cpu", priority={"finetune@a": 2, "finetune@b": 2, "sft": 6, "prompt_eval": 1})
+    got, first_in = [], threading.Event()
+
+    def take(stage):
+        with slots.hold(stage):
+            got.append(stage)
+
+    slots._acquire("pretrain")  # the one slot is busy
+    threads = []
+    for stage in ("finetune@a", "prompt_eval", "finetune@b", "sft"):
+        threads.append(threading.Thread(target=take, args=(stage,)))
+        threads[-1].start()
+        while len(slots.waiting) < len(threads):  # each is queued before the next arrives
+            first_in.wait(0.01)
+    slots._release()
+    for t in threads:
+        t.join(10)
+    assert got == ["sft", "finetune@a", "finetune@b", "prompt_eval"] and slots.free == 1
