@@ -122,3 +122,26 @@ def test_truncated_checkpoint_is_a_clear_error(tokenized):
     write_params(compose([*SMALL, "pretrain.max_steps=10", "pretrain.resume=true"]), "params.yaml")
     proc = run_cmd([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], cwd=tokenized, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_short_windows_share_of_every_step(tokenized):
+    """short_fraction cuts that share of every micro-batch's windows into short_block pieces: the
+    same tokens, shorter attention; none cut changes nothing, and val_loss_short scores the
+    validation windows cut the same way. Shares that are not whole windows are refused."""
+    args = [*SMALL, "pretrain.max_steps=6", "pretrain.eval_every=0", "pretrain.short_block=16"]
+    base = pretrain.run(compose([*args, "pretrain.short_fraction=0"]))
+    off = curve()
+    assert base["val_loss_short"] > base["val_loss"]  # 16-token pieces see less context than 64-token windows
+    mixed = pretrain.run(compose([*args, "pretrain.short_fraction=0.5"]))
+    half = curve()
+    assert half[1] != off[1] and mixed["tokens_seen"] == base["tokens_seen"]  # the same tokens, less context
+    again = pretrain.run(compose([*args, "pretrain.short_fraction=0.5"]))
+    assert curve() == half and again["val_loss_short"] == mixed["val_loss_short"]  # a pure function of (seed, step)
+    header = Path("metrics/pretrain_curve.csv").read_text().splitlines()[0]
+    assert header == "step,train_loss,val_loss,val_loss_short"
+    for bad, msg in (
+        ("pretrain.short_fraction=0.3", r"pretrain.short_fraction=0.3 must be in \[0, 1\] and a whole number"),
+        ("pretrain.short_block=24", r"pretrain.short_block=24 must be > 0 and divide the training window \(64 tokens\)"),
+    ):
+        with pytest.raises(InputError, match=msg):
+            pretrain.run(compose([*args, "pretrain.short_fraction=0.5", bad]))
