@@ -131,43 +131,71 @@ class Slots:
     """How many stages may run at once: `concurrency` in all, GPU-heavy ones one at a time.
 
     A free slot goes to the waiting stage with the longest path of stages still behind it (ties:
-    first come), so the InstructGPT chain (sft -> ... -> evaluate) is not kept waiting behind
+    first come), and the slot a stage gives back is kept for the downstream stage it has just made
+    ready when that one comes first (it arrives a moment later, after Prefect resolves its
+    inputs); so the InstructGPT chain (sft -> ... -> evaluate) is not kept waiting behind
     fine-tuning stages that only feed finetune_report."""
 
-    def __init__(self, concurrency: int, gpu_stages: list[str], device: str, priority: dict[str, int] | None = None):
+    def __init__(self, concurrency: int, gpu_stages: list[str], device: str,
+                 graph: dict[str, list[str]] | None = None, priority: dict[str, int] | None = None):
         self.free = concurrency if concurrency > 0 else (os.cpu_count() or 1)
-        self.priority = priority or {}
+        self.upstream = graph or {}
+        self.downstream: dict[str, list[str]] = {s: [] for s in self.upstream}
+        for s, ups in self.upstream.items():
+            for u in ups:
+                self.downstream[u].append(s)
+        self.priority = priority if priority is not None else (critical_path(graph) if graph else {})
         self.cond = threading.Condition()
         self.waiting: list[tuple[int, int, str]] = []  # (-priority, arrival, stage)
         self.arrivals = 0
+        self.done: set[str] = set()
+        self.reserved: set[str] = set()  # stages a released slot is kept for
         self.gpu = threading.BoundedSemaphore(1)
         gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
         self.gpu_stages = set(gpu_stages) if gpu else set()
+
+    def _my_turn(self, me: tuple[int, int, str]) -> bool:
+        if me[2] in self.reserved:
+            return True
+        others = [w for w in self.waiting if w[2] not in self.reserved]
+        return self.free - len(self.reserved) > 0 and min(others) == me
 
     def _acquire(self, stage: str) -> None:
         with self.cond:
             me = (-self.priority.get(stage, 0), self.arrivals, stage)
             self.arrivals += 1
             self.waiting.append(me)
-            self.cond.wait_for(lambda: self.free > 0 and min(self.waiting) == me)
+            self.cond.wait_for(lambda: self._my_turn(me))
             self.waiting.remove(me)
+            self.reserved.discard(stage)
             self.free -= 1
             self.cond.notify_all()
 
-    def _release(self) -> None:
+    def _release(self, stage: str, ok: bool) -> None:
         with self.cond:
             self.free += 1
+            if ok:
+                self.done.add(stage)
+                ready = [d for d in self.downstream.get(stage, [])
+                         if d not in self.done and all(u in self.done for u in self.upstream[d])]
+                if ready and self.free - len(self.reserved) > 0:
+                    best = max(ready, key=lambda d: self.priority.get(d, 0))
+                    queued = [-w[0] for w in self.waiting if w[2] not in self.reserved]
+                    if self.priority.get(best, 0) >= max(queued, default=0):
+                        self.reserved.add(best)
             self.cond.notify_all()
 
     @contextlib.contextmanager
     def hold(self, stage: str):
+        """Runs the body in a slot; the body sets `ok["ok"] = True` when the stage succeeded."""
         heavy = stage.split("@")[0] in self.gpu_stages
         self._acquire(stage)
+        ok = {"ok": False}
         try:
             with self.gpu if heavy else contextlib.nullcontext():
-                yield
+                yield ok
         finally:
-            self._release()
+            self._release(stage, ok["ok"])
 
 
 def _cuda_available() -> bool:
@@ -184,7 +212,7 @@ def run_stage(stage: str, parent_run_id: str | None, slots_key: str = "") -> dic
     """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
     logger = get_run_logger()
     slots = _SLOTS.get(slots_key)
-    with slots.hold(stage) if slots else contextlib.nullcontext():
+    with slots.hold(stage) if slots else contextlib.nullcontext({}) as slot:
         # stream the stage's output live (progress lines included) into the Prefect log
         proc = subprocess.Popen(
             [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
@@ -201,6 +229,7 @@ def run_stage(stage: str, parent_run_id: str | None, slots_key: str = "") -> dic
             if line.strip():
                 logger.info("%s | %s", stage, line)
         proc.wait()
+        slot["ok"] = proc.returncode == 0
     if proc.returncode != 0:
         # the stage's own one-line error, else DVC's
         ours = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
@@ -303,7 +332,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     results, raw = {}, {}
     graph = stage_graph()
     key = str(id(cfg))
-    _SLOTS[key] = Slots(cfg.pipeline.concurrency, list(cfg.pipeline.gpu_stages), cfg.device, critical_path(graph))
+    _SLOTS[key] = Slots(cfg.pipeline.concurrency, list(cfg.pipeline.gpu_stages), cfg.device, graph)
     order = stages(graph)
     futures = {}
     try:

@@ -1,6 +1,7 @@
 """The flow's task graph is DVC's own stage graph of dvc.yaml: the real edges, nothing hand-kept."""
 
 import threading
+import time
 
 from conftest import ROOT
 from flows.pipeline import Slots, critical_path, stage_graph, stages
@@ -31,11 +32,12 @@ def test_a_free_slot_goes_to_the_longest_chain_first():
     assert depth["data"] == max(depth.values())
 
     slots = Slots(1, [], "cpu", priority={"finetune@a": 2, "finetune@b": 2, "sft": 6, "prompt_eval": 1})
-    got, first_in = [], threading.Event()
+    got = []
 
     def take(stage):
-        with slots.hold(stage):
+        with slots.hold(stage) as slot:
             got.append(stage)
+            slot["ok"] = True
 
     slots._acquire("pretrain")  # the one slot is busy
     threads = []
@@ -43,8 +45,37 @@ def test_a_free_slot_goes_to_the_longest_chain_first():
         threads.append(threading.Thread(target=take, args=(stage,)))
         threads[-1].start()
         while len(slots.waiting) < len(threads):  # each is queued before the next arrives
-            first_in.wait(0.01)
-    slots._release()
+            time.sleep(0.01)
+    slots._release("pretrain", True)
     for t in threads:
         t.join(10)
     assert got == ["sft", "finetune@a", "finetune@b", "prompt_eval"] and slots.free == 1
+
+
+def test_a_released_slot_waits_for_the_stage_it_made_ready():
+    """candidates -> collect_rankings: when candidates ends, its slot is kept for collect_rankings
+    (which arrives a moment later, after Prefect resolves its inputs), not handed to a fine-tuning
+    stage already queued; a failed stage keeps nothing."""
+    graph = {"sft": [], "candidates": ["sft"], "collect_rankings": ["candidates"], "finetune@a": []}
+    for ok, first in ((True, "collect_rankings"), (False, "finetune@a")):
+        slots = Slots(1, [], "cpu", graph, priority={"collect_rankings": 4, "finetune@a": 2})
+        slots.done.add("sft")
+        got = []
+
+        def take(stage):
+            with slots.hold(stage) as slot:
+                got.append(stage)
+                slot["ok"] = True
+
+        slots._acquire("candidates")
+        ft = threading.Thread(target=take, args=("finetune@a",))
+        ft.start()
+        while not slots.waiting:
+            time.sleep(0.01)
+        slots._release("candidates", ok)
+        time.sleep(0.2)  # the fine-tuning stage would have taken the slot by now
+        nxt = threading.Thread(target=take, args=("collect_rankings",))
+        nxt.start()
+        for t in (ft, nxt):
+            t.join(10)
+        assert got[0] == first and slots.free == 1 and not slots.reserved
