@@ -39,6 +39,7 @@ MLflow: the stage run `finetune/<task>` holds one nested child run per setting.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -475,8 +476,18 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
     return metrics
 
 
+def task_epochs(fc: FinetuneConfig) -> FinetuneConfig:
+    """`fc` with `epochs` set to `task_epochs[task]` when the task has its own count."""
+    for name, n in fc.task_epochs.items():
+        if not isinstance(n, int) or n < 1:
+            raise InputError(f"finetune.task_epochs.{name}={n!r}: must be a whole number of epochs >= 1")
+    if fc.epochs < 1:
+        raise InputError(f"finetune.epochs={fc.epochs}: must be >= 1")
+    return dataclasses.replace(fc, epochs=fc.task_epochs.get(fc.task, fc.epochs))
+
+
 def run(cfg) -> dict[str, float]:
-    fc: FinetuneConfig = OmegaConf.to_object(cfg.finetune)
+    fc: FinetuneConfig = task_epochs(OmegaConf.to_object(cfg.finetune))
     with torch_threads(fc.threads):
         with tracking.stage_run(cfg, "finetune", sections=["finetune"], run_name=f"finetune/{fc.task}"):
             metrics = finetune(cfg, fc)

@@ -139,6 +139,7 @@ class FinetuneConfig:
     lm_coef: float = 0.5  # λ in L3 = L2 + λ·L1; 0 = no auxiliary LM loss (not even computed)
     ablations: AblationGrid = field(default_factory=AblationGrid)  # extra settings; a list empty = main only
     epochs: int = 3  # passes over the training split
+    task_epochs: dict[str, int] = field(default_factory=dict)  # task -> epochs, overriding `epochs` for that task
     batch_size: int = 8  # examples per optimizer step
     lr: float = 3e-4  # peak learning rate
     warmup_fraction: float = 0.05  # share of all steps spent in linear warm-up

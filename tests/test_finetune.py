@@ -390,3 +390,16 @@ def test_tokenizer_without_specials_exits_2_with_one_line(workspace):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "lacks the special tokens <|pad|>, <|start|>, <|delim|>, <|extract|>" in lines[0], proc.stderr
+
+
+def test_task_epochs_override_only_their_task(workspace, capsys):
+    """finetune.task_epochs.<task> sets that task's epoch count; other tasks keep finetune.epochs."""
+    args = [*QUICK, "finetune.progress=true", "finetune.ablations.init=[]", "finetune.epochs=1"]
+    finetune.run(compose([*args, "+finetune.task_epochs.sentiment=2", "+finetune.task_epochs.story_cloze=3"]))
+    err = capsys.readouterr().err
+    assert "sentiment pretrain lm0.5 epoch 2/2" in err and "epoch 3/3" not in err
+    finetune.run(compose([*args, "+finetune.task_epochs.story_cloze=3"]))
+    err = capsys.readouterr().err
+    assert "sentiment pretrain lm0.5 epoch 1/1" in err and "epoch 2/" not in err
+    with pytest.raises(InputError, match=r"finetune.task_epochs.sentiment=0: must be a whole number of epochs >= 1"):
+        finetune.run(compose([*args, "+finetune.task_epochs.sentiment=0"]))
