@@ -115,12 +115,18 @@ def configure(overrides: list[str]):
     return cfg
 
 
-def critical_path(graph: dict[str, list[str]]) -> dict[str, int]:
-    """{stage: the number of stages on its longest path to the end of the DAG, itself included}."""
+def downstream(graph: dict[str, list[str]]) -> dict[str, list[str]]:
+    """{stage: the stages that wait for it}: `graph` ({stage: its upstream stages}) turned around."""
     below: dict[str, list[str]] = {s: [] for s in graph}
     for s, ups in graph.items():
         for u in ups:
             below[u].append(s)
+    return below
+
+
+def critical_path(graph: dict[str, list[str]]) -> dict[str, int]:
+    """{stage: the number of stages on its longest path to the end of the DAG, itself included}."""
+    below = downstream(graph)
     depth: dict[str, int] = {}
     for s in reversed(stages(graph)):
         depth[s] = 1 + max((depth[d] for d in below[s]), default=0)
@@ -140,10 +146,7 @@ class Slots:
                  graph: dict[str, list[str]] | None = None, priority: dict[str, int] | None = None):
         self.free = concurrency if concurrency > 0 else (os.cpu_count() or 1)
         self.upstream = graph or {}
-        self.downstream: dict[str, list[str]] = {s: [] for s in self.upstream}
-        for s, ups in self.upstream.items():
-            for u in ups:
-                self.downstream[u].append(s)
+        self.downstream = downstream(self.upstream)
         self.priority = priority if priority is not None else (critical_path(graph) if graph else {})
         self.cond = threading.Condition()
         self.waiting: list[tuple[int, int, str]] = []  # (-priority, arrival, stage)

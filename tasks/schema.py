@@ -98,7 +98,7 @@ class PretrainConfig:
     data_dir: str = "data/tokenized"  # train.bin, val.bin, meta.json, tokenizer.json
     out_dir: str = "models/pretrain"  # checkpoint folder
     metrics_file: str = "metrics/pretrain.json"  # final metrics (DVC metrics)
-    curve_file: str = "metrics/pretrain_curve.csv"  # step,train_loss,val_loss (DVC plot)
+    curve_file: str = "metrics/pretrain_curve.csv"  # step,train_loss,val_loss,val_loss_short (DVC plot)
     init: str = "scratch"  # scratch | checkpoint folder | Hugging Face GPT-2 folder
     block_size: int = -1  # tokens per training sequence; -1 = model.block_size
     short_block: int = 128  # piece length of the short windows (short_fraction) and of val_loss_short
