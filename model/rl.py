@@ -22,7 +22,14 @@ response tokens are contiguous and nothing after them is real.
 - `KLController`: fixed β, or lm-human-preferences' adaptive β toward a target KL;
 - `dpo_loss`: direct preference optimisation (Rafailov et al. 2023; IPO, Azar et al. 2023) on
   sequence log-probabilities, with its implicit rewards;
-- `best_of_n_kl`: the analytic KL of best-of-n sampling, log n − (n − 1)/n (Stiennon et al. 2020).
+- `best_of_n_kl`: the analytic KL of best-of-n sampling, log n − (n − 1)/n (Stiennon et al. 2020);
+- critic-free estimators over GROUPS of k samples of one prompt, the rows of a group consecutive
+  (rows i·k .. i·k + k − 1 are prompt i's; N = prompts·k): `sequence_rewards` (score − β·Σ KL,
+  the KL in the reward as PPO's), `rloo_advantages` (RLOO, Ahmadian et al. 2024),
+  `grpo_advantages` (GRPO, Shao et al. 2024), `zero_std_share` (the share of groups whose rewards
+  all tie, so their advantages, and their gradient, are 0: TRL's frac_reward_zero_std), and
+  `ADVANTAGE_ESTIMATORS`, name -> function, for the stage's one `estimator` setting. A sequence's
+  advantage is then broadcast to every response token of its row (`sequence_advantages`).
 
 Means over tokens are taken over all real tokens of the batch together (token-weighted), as in
 lm-human-preferences and TRL.
@@ -191,3 +198,57 @@ def best_of_n_kl(n: int) -> float:
     import math
 
     return math.log(n) - (n - 1) / n
+
+
+# --- critic-free estimators: a baseline from the other samples of the same prompt ---------------
+
+
+def groups(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) -> (N / k, k): row i·k + j is sample j of group i. k >= 2, N a multiple of k."""
+    if k < 2 or x.dim() != 1 or x.numel() % k:
+        raise ValueError(f"group size k={k}: need k >= 2 and a 1-D tensor of a multiple of k values (got shape {tuple(x.shape)})")
+    return x.view(-1, k)
+
+
+def tied_groups(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """(N / k,) bool: the group's k rewards are all exactly equal."""
+    g = groups(rewards, k)
+    return g.amax(1) == g.amin(1)
+
+
+def sequence_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """(N,) R = score − β·Σ_t KL_t over each row's response tokens: the sum over a row of
+    `token_rewards` (PPO's reward), as one number per sequence."""
+    return score.to(kl.dtype) - beta * (kl * mask).sum(1)
+
+
+def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): A_i = R_i − mean of the OTHER k − 1 rewards of i's group
+    (= k/(k − 1)·(R_i − group mean)); an unbiased REINFORCE baseline without a critic.
+    `rewards` (N,) in groups of k consecutive rows; a group whose rewards all tie gets exactly 0."""
+    g = groups(rewards, k)
+    adv = g - (g.sum(1, keepdim=True) - g) / (k - 1)
+    return torch.where(tied_groups(rewards, k)[:, None], torch.zeros_like(adv), adv).reshape(-1)
+
+
+def grpo_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, outcome supervision): A_i = (R_i − group mean) / (group std + eps),
+    the std UNBIASED (divided by k − 1), as the GRPO paper's and TRL's (`Tensor.std`).
+    `rewards` (N,) in groups of k consecutive rows; a group whose rewards all tie gets exactly 0."""
+    g = groups(rewards, k)
+    adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)
+    return torch.where(tied_groups(rewards, k)[:, None], torch.zeros_like(adv), adv).reshape(-1)
+
+
+def zero_std_share(rewards: torch.Tensor, k: int) -> float:
+    """Share of the groups of k whose rewards all tie: their advantages are 0 under RLOO and GRPO,
+    so they give the policy no gradient (TRL's frac_reward_zero_std)."""
+    return tied_groups(rewards, k).float().mean().item()
+
+
+def sequence_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A sequence's advantage (N,) on every response token of its row (N, R); 0 on padding."""
+    return adv[:, None] * mask
+
+
+ADVANTAGE_ESTIMATORS = {"rloo": rloo_advantages, "grpo": grpo_advantages}

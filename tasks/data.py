@@ -42,7 +42,7 @@ from tasks.common import InputError, atomic_dir, atomic_write_json, read_jsonl, 
 from tasks.config import stage_main
 from tasks.world import build
 from tasks.world.baselines import difficulty, majority
-from tasks.world.instructions import sample_responses
+from tasks.world.instructions import ALL_DEFECTS, sample_responses
 from tasks.world.oracle import DEFAULT_NOISE, labeler_agreement
 from tasks.world.prompts import PROMPT_TASKS
 from tasks.world.tasks import TASKS
@@ -359,6 +359,8 @@ def write_all(tmp: Path, docs: list[str], tasks: dict, prompts: dict, instructio
         write_jsonl(tmp / "instructions" / f"{split}.jsonl", rows)
         st["instructions"][split] = {"n": len(rows), "kinds": dict(sorted(Counter(r["kind"] for r in rows).items())),
                                      **_file_stats(tmp / "instructions" / f"{split}.jsonl")}
+        if any("flaw" in r for r in rows):
+            st["instructions"][split]["flaws"] = dict(sorted(Counter(r["flaw"] for r in rows if "flaw" in r).items()))
     return st
 
 
@@ -403,6 +405,15 @@ def _check_settings(dc: DataConfig) -> None:
             n = getattr(sizes, split)
             if n != -1 and n < 4:
                 raise InputError(f"data.task_sizes.{name}.{split}: {n} is too small (at least 4; -1 = data.n_{split})")
+    if not 0.0 <= dc.demo_flaws.share <= 1.0:
+        raise InputError(f"data.demo_flaws.share: {dc.demo_flaws.share} is not in [0, 1]")
+    for name, w in dc.demo_flaws.mix.items():
+        if name not in ALL_DEFECTS:
+            raise InputError(f"data.demo_flaws.mix.{name}: not a defect (one of {', '.join(ALL_DEFECTS)})")
+        if w < 0:
+            raise InputError(f"data.demo_flaws.mix.{name}: weight {w} is negative")
+    if dc.demo_flaws.share > 0 and not any(w > 0 for w in dc.demo_flaws.mix.values()):
+        raise InputError("data.demo_flaws.mix: every weight is 0 (give one defect a positive weight, or share 0)")
     for key in ("n_prompt_train", "n_prompt_test", "n_sft_train", "n_sft_val", "n_rl_prompts", "n_rl_eval"):
         if getattr(dc, key) < 1:
             raise InputError(f"data.{key}: {getattr(dc, key)} is too small (at least 1)")
@@ -436,7 +447,8 @@ def run(cfg) -> dict[str, float]:
             corpus_bytes = int(dc.corpus_mb * 1e6) if dc.source == "world" else 0
             world = build(seed, corpus_bytes, split_sizes(dc), (dc.n_prompt_train, dc.n_prompt_test),
                           {"sft_train": dc.n_sft_train, "sft_val": dc.n_sft_val, "rl_prompts": dc.n_rl_prompts,
-                           "rl_eval": dc.n_rl_eval}, per_task=task_split_sizes(dc))
+                           "rl_eval": dc.n_rl_eval}, per_task=task_split_sizes(dc),
+                          demo_flaws=(dc.demo_flaws.share, dict(dc.demo_flaws.mix)))
         if dc.source == "world":
             docs = world.corpus
             if not docs:
@@ -468,6 +480,9 @@ def run(cfg) -> dict[str, float]:
             metrics.update({f"{name}.{k}": v for k, v in t["difficulty"].items() if k != "chance"})
         if "oracle" in st:
             metrics["oracle_agreement"] = st["oracle"]["pairwise_agreement"]
+        for split, s in st["instructions"].items():
+            if split.startswith("sft"):
+                metrics[f"{split}.flawed_share"] = sum(s.get("flaws", {}).values()) / max(1, s["n"])
         if run_ is not None:
             _log_inputs(sources, Path(dc.out_dir), st)
             tracking.log_metrics(metrics)

@@ -4,6 +4,7 @@
     python -m tasks.ppo ppo.variant=ppo_ptx                  # PPO-ptx -> models/ppo_ptx
     python -m tasks.ppo ppo.variant=ppo_gold                 # the gold-reward run (the oracle as the reward)
     python -m tasks.ppo ppo.resume=true                      # continue a killed run from its checkpoint
+    python -m tasks.ppo ppo.variant=ppo_ptx ppo.estimator=rloo   # RLOO (+ptx): k samples per prompt, no critic
     python -m tasks.ppo experiment=smoke ppo.updates=4       # tiny CPU run, seconds
 
 What it keeps from the paper, each with its source:
@@ -32,6 +33,18 @@ What it keeps from the paper, each with its source:
 - PPO-ptx (§3.5, eq. 2): `ptx_coef` (γ) × the next-token loss on `ptx_batch_size` windows of the
   pre-training data added on every minibatch; with γ = 0 the pre-training data is never read.
 
+Critic-free estimators, one setting over the same rollout code (as OpenRLHF's advantage
+estimator): `estimator: rloo` (Ahmadian et al. 2024) or `grpo` (Shao et al. 2024) samples
+episodes/group_size prompts per update, each `group_size` (k) times (rows i·k .. i·k + k − 1 are
+one prompt's group); a sequence's reward is R = score − β·Σ KL (the same KL estimator and β as
+PPO's), its advantage R minus the mean of the other k − 1 (rloo) or (R − group mean) / group
+std (grpo), on every response token; no value model is built, trained or saved (`value`, `vf_coef`,
+`value_lr`, `value_clip`, `gamma`, `lam` and `whiten` are PPO's only); the policy loss is the same
+clipped surrogate, `ppo_epochs` passes of minibatches, and PPO-ptx the same. `zero_std_share` (the
+share of groups whose k scores all tie, as TRL's frac_reward_zero_std: only the KL term then
+separates the samples) is logged per update; the math
+is `model/rl.py`.
+
 What it drops, and why: the paper's 8× pre-training examples per RL episode (CPU time), the
 RL-prompt mixture of customer prompts (the world has one prompt distribution), the 256k
 episodes (we have minutes: see conf/ppo.yaml for the measured shape).
@@ -43,8 +56,9 @@ gold-reward run, the ceiling the reward model is held against.
 Every update logs (MLflow, and the curve CSV a DVC plot reads): the mean RM score and ORACLE
 score of the sampled responses, KL to SFT (k1 and k3, nats per response), entropy, clip
 fraction, approximate KL, value loss, explained variance, response length, EOS rate, the
-pre-training loss, β; greedy responses to held-out prompts (the RM's held-out split) are scored
-every `eval_every` updates; a table of sampled responses every `samples_every` updates.
+pre-training loss, β, and (rloo, grpo) the share of groups with tied rewards; greedy responses
+to held-out prompts (the RM's held-out split) are scored every `eval_every` updates; a table of
+sampled responses every `samples_every` updates.
 
 Each update is a pure function of (seed, update) and the state: the prompts (an epoch-wise
 permutation), the sampling generator, the minibatch order and the pre-training windows are all
@@ -87,6 +101,7 @@ from tasks.schema import PPOConfig  # noqa: F401  (the section's schema lives in
 
 REWARDS = ("rm", "oracle")
 VALUES = ("rm", "sft", "shared")
+ESTIMATORS = ("ppo", *rl.ADVANTAGE_ESTIMATORS)  # ppo: GAE with a critic | rloo, grpo: k samples per prompt, no critic
 VALUE_PREFIX = "value."  # the value model's tensors in the checkpoint's heads.safetensors
 
 
@@ -121,6 +136,11 @@ def resolve_variant(node) -> PPOConfig:
     return OmegaConf.to_object(merged)
 
 
+def grouped(pc: PPOConfig) -> bool:
+    """A critic-free estimator: group_size samples per prompt, no value model."""
+    return pc.estimator != "ppo"
+
+
 def check_config(pc: PPOConfig) -> None:
     if pc.beta < 0:
         raise InputError(f"ppo.beta={pc.beta}: the KL coefficient must be >= 0")
@@ -132,6 +152,11 @@ def check_config(pc: PPOConfig) -> None:
         raise InputError(f"ppo.kl_estimator={pc.kl_estimator!r}: expected one of {', '.join(rl.KL_ESTIMATORS)}")
     if pc.episodes < 1 or pc.minibatch < 1 or pc.episodes % pc.minibatch:
         raise InputError(f"ppo.episodes={pc.episodes} must be a positive multiple of ppo.minibatch={pc.minibatch}")
+    if pc.estimator not in ESTIMATORS:
+        raise InputError(f"ppo.estimator={pc.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+    if grouped(pc) and (pc.group_size < 2 or pc.episodes % pc.group_size):
+        raise InputError(f"ppo.group_size={pc.group_size}: {pc.estimator} needs >= 2 samples per prompt and "
+                         f"ppo.episodes={pc.episodes} a multiple of it")
     if pc.temperature <= 0:
         raise InputError(f"ppo.temperature={pc.temperature}: sampling needs a temperature > 0")
     if pc.ptx_coef < 0 or pc.kl_target < 0 or pc.updates < 0 or pc.max_new_tokens < 1:
@@ -261,26 +286,37 @@ def finite_or_none(x: float) -> float | None:
 
 
 @torch.no_grad()
-def experience(batch: Batch, policy: GPT, ref: GPT, critic: RewardModel, score: torch.Tensor, pc: PPOConfig, beta: float) -> dict:
+def experience(batch: Batch, policy: GPT, ref: GPT, critic: RewardModel | None, score: torch.Tensor, pc: PPOConfig, beta: float) -> dict:
     """Fill the batch with old log-probs, reference log-probs, values, advantages and returns
-    for the episodes' scores (N,); -> the rollout's statistics."""
+    for the episodes' scores (N,); -> the rollout's statistics. critic None (rloo, grpo): one
+    advantage per sequence from its group (pc.group_size consecutive rows), no values or returns."""
     mask, d = batch.mask, batch.data
     logits, h = policy_forward(policy, batch, pc.temperature)
     d["old_logprobs"] = response_logprobs(logits, batch.targets)
     d["ref_logprobs"] = response_logprobs(policy_forward(ref, batch, pc.temperature)[0], batch.targets)
-    d["old_values"] = value_forward(critic, batch, h if pc.value == "shared" else None) * mask
     k1 = rl.kl_k1(d["old_logprobs"], d["ref_logprobs"], mask)
     k3 = rl.kl_k3(d["old_logprobs"], d["ref_logprobs"], mask)
     kl = k1 if pc.kl_estimator == "k1" else k3
+    n = mask.sum(1).float()
+    if critic is None:
+        reward = rl.sequence_rewards(score, kl, mask, beta)
+        d["advantages"] = rl.sequence_advantages(rl.ADVANTAGE_ESTIMATORS[pc.estimator](reward, pc.group_size), mask)
+        return {
+            "score": score.mean().item(), "kl": k1.sum(1).mean().item(), "kl_k3": k3.sum(1).mean().item(),
+            "non_score_reward": (-beta * kl.sum(1)).mean().item(), "reward": reward.mean().item(),
+            "entropy": rl.entropy(logits, mask).item(), "response_len": n.mean().item(), "eos_rate": batch.eos.float().mean().item(),
+            "explained_var": None, "zero_std_share": rl.zero_std_share(score, pc.group_size),
+        }
+    d["old_values"] = value_forward(critic, batch, h if pc.value == "shared" else None) * mask
     rewards = rl.token_rewards(score, kl, mask, beta)
     adv, d["returns"] = rl.gae(rewards, d["old_values"], mask, pc.gamma, pc.lam)
     d["advantages"] = rl.whiten(adv, mask) if pc.whiten else adv
-    n = mask.sum(1).float()
     return {
         "score": score.mean().item(), "kl": k1.sum(1).mean().item(), "kl_k3": k3.sum(1).mean().item(),
         "non_score_reward": (-beta * kl.sum(1)).mean().item(), "reward": rewards.sum(1).mean().item(),
         "entropy": rl.entropy(logits, mask).item(), "response_len": n.mean().item(), "eos_rate": batch.eos.float().mean().item(),
         "explained_var": finite_or_none(rl.explained_variance(d["old_values"], d["returns"], mask)),
+        "zero_std_share": None,  # one sample per prompt: no groups
     }
 
 
@@ -289,32 +325,41 @@ def experience(batch: Batch, policy: GPT, ref: GPT, critic: RewardModel, score: 
 
 @dataclass
 class Learner:
-    """What the update trains: the policy, the value model (or head) and their optimizers."""
+    """What the update trains: the policy, the value model (or head) and their optimizers
+    (critic and value_opt None for the critic-free estimators)."""
 
     policy: GPT
-    critic: RewardModel
+    critic: RewardModel | None
     policy_opt: torch.optim.Optimizer
-    value_opt: torch.optim.Optimizer
+    value_opt: torch.optim.Optimizer | None
     shared: bool
 
     def value_params(self) -> list[torch.nn.Parameter]:
+        if self.critic is None:
+            return []
         return list(self.critic.head.parameters()) if self.shared else list(self.critic.parameters())
 
 
 def ppo_step(learner: Learner, mb: Batch, pc: PPOConfig, ptx: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
-    """One gradient step on a minibatch: clipped surrogate + vf_coef · clipped value loss
-    (+ ptx_coef · next-token loss on the pre-training windows `ptx`)."""
+    """One gradient step on a minibatch: clipped surrogate + vf_coef · clipped value loss (no value
+    loss without a critic) (+ ptx_coef · next-token loss on the pre-training windows `ptx`)."""
     mask, d = mb.mask, mb.data
+    critic = learner.critic
     learner.policy.train()
-    learner.critic.train()
+    if critic is not None:
+        critic.train()
     logits, h = policy_forward(learner.policy, mb, pc.temperature)
     logprobs = response_logprobs(logits, mb.targets)
     pg_loss, pg = rl.policy_loss(logprobs, d["old_logprobs"], d["advantages"], mask, pc.clip)
-    values = value_forward(learner.critic, mb, h if learner.shared else None)
-    vf_loss, vf = rl.value_loss(values, d["old_values"], d["returns"], mask, pc.value_clip)
-    loss = pg_loss + pc.vf_coef * vf_loss
-    stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clip_frac": pg["clip_frac"].item(),
-             "approx_kl": pg["approx_kl"].item(), "vf_clip_frac": vf["vf_clip_frac"].item()}
+    if critic is not None:
+        values = value_forward(critic, mb, h if learner.shared else None)
+        vf_loss, vf = rl.value_loss(values, d["old_values"], d["returns"], mask, pc.value_clip)
+        loss = pg_loss + pc.vf_coef * vf_loss
+        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clip_frac": pg["clip_frac"].item(),
+                 "approx_kl": pg["approx_kl"].item(), "vf_clip_frac": vf["vf_clip_frac"].item()}
+    else:
+        loss = pg_loss
+        stats = {"policy_loss": pg_loss.item(), "clip_frac": pg["clip_frac"].item(), "approx_kl": pg["approx_kl"].item()}
     if ptx is not None:
         _, ptx_loss = learner.policy(ptx[0], ptx[1])
         loss = loss + pc.ptx_coef * ptx_loss
@@ -324,11 +369,14 @@ def ppo_step(learner: Learner, mb: Batch, pc: PPOConfig, ptx: tuple[torch.Tensor
     loss.backward()
     if pc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(learner.policy.parameters(), pc.grad_clip)
-        torch.nn.utils.clip_grad_norm_(learner.value_params(), pc.grad_clip)
+        if critic is not None:
+            torch.nn.utils.clip_grad_norm_(learner.value_params(), pc.grad_clip)
     learner.policy_opt.step()
-    learner.value_opt.step()
+    if learner.value_opt is not None:
+        learner.value_opt.step()
     learner.policy_opt.zero_grad(set_to_none=True)
-    learner.value_opt.zero_grad(set_to_none=True)
+    if learner.value_opt is not None:
+        learner.value_opt.zero_grad(set_to_none=True)
     return stats
 
 
@@ -399,10 +447,12 @@ def load_critic_tensors(critic: RewardModel, tensors: dict[str, torch.Tensor], s
         raise CheckpointError(f"checkpoint {where}: heads.safetensors does not hold this value model (value={'shared' if shared else 'separate'})")
 
 
-def optimizers(policy: GPT, critic: RewardModel, pc: PPOConfig, device: str) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+def optimizers(policy: GPT, critic: RewardModel | None, pc: PPOConfig, device: str) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
     dev = "cuda" if device.startswith("cuda") else "cpu"
     policy_opt = policy.configure_optimizers(0.0, pc.lr, (0.9, 0.95), dev)
-    if pc.value == "shared":
+    if critic is None:
+        value_opt = None
+    elif pc.value == "shared":
         value_opt = torch.optim.AdamW(critic.head.parameters(), lr=pc.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
     else:
         value_opt = critic.gpt.configure_optimizers(0.0, pc.value_lr, (0.9, 0.95), dev)
@@ -427,7 +477,7 @@ def evaluate(policy: GPT, tok: Tokenizer, rows: list[dict], prompts: list[list[i
 
 CURVE = ("update", "episodes", "beta", "rm_score", "oracle_score", "score", "kl", "kl_k3", "non_score_reward", "reward",
          "entropy", "response_len", "eos_rate", "explained_var", "policy_loss", "value_loss", "clip_frac", "approx_kl",
-         "vf_clip_frac", "ptx_loss", "eval_oracle_score", "eval_rm_score", "eval_eos_rate", "eval_response_len")
+         "vf_clip_frac", "ptx_loss", "zero_std_share", "eval_oracle_score", "eval_rm_score", "eval_eos_rate", "eval_response_len")
 
 
 def write_curve(path: Path, history: list[dict]) -> None:
@@ -459,7 +509,8 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     sft = checkpoint_dir(pc.policy, "SFT policy", "sft")
     sft_tok = sft / "tokenizer.json"
     tok = strict_tokenizer(sft)
-    needs_rm = pc.reward == "rm" or pc.value == "rm"
+    critic_free = grouped(pc)
+    needs_rm = pc.reward == "rm" or (pc.value == "rm" and not critic_free)
     rm_dir = Path(pc.reward_model)
     if needs_rm:
         checkpoint_dir(pc.reward_model, "reward model", "train_rm")
@@ -482,10 +533,13 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
 
     resume = pc.resume and (out_dir / "trainer.pt").is_file()
     start = load_checkpoint(out_dir if resume else sft, device=device, load_trainer=resume)
+    if resume and start.trainer_state.get("estimator", "ppo") != pc.estimator:
+        raise InputError(f"{out_dir}: trained with ppo.estimator={start.trainer_state.get('estimator', 'ppo')}, "
+                         f"cannot resume it with ppo.estimator={pc.estimator}")
     policy = start.model.float()
     no_dropout(policy)
-    critic = build_critic(pc, policy, rm_dir if use_rm else None, sft, device)
-    if resume:
+    critic = None if critic_free else build_critic(pc, policy, rm_dir if use_rm else None, sft, device)
+    if resume and critic is not None:
         load_critic_tensors(critic, start.extra_tensors, pc.value == "shared", out_dir)
     policy_opt, value_opt = optimizers(policy, critic, pc, device)
     learner = Learner(policy, critic, policy_opt, value_opt, pc.value == "shared")
@@ -494,7 +548,8 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     if resume:
         st = start.trainer_state
         policy_opt.load_state_dict(st["policy_opt"])
-        value_opt.load_state_dict(st["value_opt"])
+        if value_opt is not None:
+            value_opt.load_state_dict(st["value_opt"])
         update, history, evals = int(st["update"]), list(st["history"]), list(st["evals"])
         kl_ctl.beta, norm = float(st["beta"]), st["reward_norm"]
     scorer = Scorer(pc, rm, norm)
@@ -509,13 +564,15 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
 
     def save() -> None:
         meta = {"stage": "ppo", "variant": pc.variant, "update": update, "reference": str(sft), "reward_model": str(rm_dir) if use_rm else None,
-                "reward": pc.reward, "value": pc.value, "kl_estimator": pc.kl_estimator, "beta": kl_ctl.beta,
+                "reward": pc.reward, "value": None if critic_free else pc.value, "estimator": pc.estimator,
+                "group_size": pc.group_size if critic_free else 1, "kl_estimator": pc.kl_estimator, "beta": kl_ctl.beta,
                 "reward_norm": scorer.norm, "ptx_coef": pc.ptx_coef, "last": history[-1] if history else None,
                 "format": "prompt\\nAnswer: response<|endoftext|>", "config": OmegaConf.to_container(cfg, resolve=True)}
-        state = {"policy_opt": policy_opt.state_dict(), "value_opt": value_opt.state_dict(), "update": update, "history": history,
-                 "evals": evals, "beta": kl_ctl.beta, "reward_norm": scorer.norm}
+        state = {"policy_opt": policy_opt.state_dict(), "value_opt": value_opt.state_dict() if value_opt is not None else None,
+                 "update": update, "history": history, "evals": evals, "beta": kl_ctl.beta, "reward_norm": scorer.norm,
+                 "estimator": pc.estimator}
         save_checkpoint(out_dir, policy, meta, tokenizer_path=sft_tok, trainer_state=state,
-                        extra_tensors=critic_tensors(critic, learner.shared))
+                        extra_tensors=critic_tensors(critic, learner.shared) if critic is not None else None)
 
     def run_eval() -> dict:
         if not eval_rows:
@@ -531,7 +588,11 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     timed = 0
     while update < pc.updates:
         t0 = time.perf_counter()
-        idx = episode_prompts(pc.seed, update, pc.episodes, len(train_rows))
+        if critic_free:  # episodes / k prompts, each k times in a row: rows i·k .. i·k + k − 1 are one group
+            k = pc.group_size
+            idx = [i for i in episode_prompts(pc.seed, update, pc.episodes // k, len(train_rows)) for _ in range(k)]
+        else:
+            idx = episode_prompts(pc.seed, update, pc.episodes, len(train_rows))
         rows = [train_rows[i] for i in idx]
         prompts = [prompt_ids[i] for i in idx]
         out = respond(policy, tok, prompts, pc.max_new_tokens, temperature=pc.temperature, batch_size=pc.episodes,
@@ -539,7 +600,8 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
         batch = make_batch(rows, prompts, out, tok.pad_id, device)
         t1 = time.perf_counter()
         policy.eval()
-        critic.eval()
+        if critic is not None:
+            critic.eval()
         score = scorer(batch)
         beta = kl_ctl.beta
         rec = {"update": update + 1, "episodes": (update + 1) * pc.episodes, "beta": beta,
@@ -575,7 +637,8 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
 
     tail = history[-max(1, len(history) // 10):] if history else []
     metrics = {
-        "variant": pc.variant, "reward": pc.reward, "value": pc.value, "kl_estimator": pc.kl_estimator,
+        "variant": pc.variant, "reward": pc.reward, "value": None if critic_free else pc.value, "estimator": pc.estimator,
+        "group_size": pc.group_size if critic_free else 1, "kl_estimator": pc.kl_estimator,
         "ptx_coef": pc.ptx_coef, "updates": update, "episodes": update * pc.episodes, "beta": kl_ctl.beta,
         "reward_norm": scorer.norm, "prompts": counts,
         "final": {k: sum(h[k] for h in tail) / len(tail) for k in CURVE[2:CURVE.index("eval_oracle_score")]

@@ -35,7 +35,9 @@ Metrics (`metrics_file`): pairwise accuracy against the labels (train, held-out)
 NOISELESS oracle (`tasks.world.oracle.score`) on held-out pairs whose true scores differ; the
 ceiling, two independent oracle labelers at `labeler_noise` ranking the same held-out
 candidates; the share of held-out pairs whose true scores tie (a labeler orders those at
-random); all of it per instruction kind and per pair of candidate sources ("sft", "sft+world":
+random); the label accuracy on tied and on decisive held-out pairs apart (`tied_label_acc`,
+`decisive_label_acc`, with their pair counts: a reward model learns only from the decisive
+ones); all of it per instruction kind and per pair of candidate sources ("sft", "sft+world":
 the policy part of `sources`); the reward margin; the bias and std. Per epoch (MLflow
 `epoch/*`, meta.json "history"): train loss and accuracy, val and held-out accuracy against
 the labels and the noiseless oracle.
@@ -240,6 +242,7 @@ def pair_metrics(items: list[Item], rewards: list[list[float]], with_oracle: boo
     acc = defaultdict(lambda: [0, 0])  # group -> [right, pairs]
     oracle_acc = defaultdict(lambda: [0, 0])
     ties = [0, 0]
+    by_truth = {"tied": [0, 0], "decisive": [0, 0]}  # label accuracy on pairs whose true scores tie / differ
     margin, loss = 0.0, 0.0
     for it, r in zip(items, rewards):
         true = it.true_scores() if with_oracle else None
@@ -257,6 +260,9 @@ def pair_metrics(items: list[Item], rewards: list[list[float]], with_oracle: boo
                 if true is None:
                     continue
                 ties[1] += 1
+                t = by_truth["tied" if true[w] == true[l] else "decisive"]
+                t[0] += d > 0
+                t[1] += 1
                 if true[w] == true[l]:
                     ties[0] += 1
                     continue
@@ -269,6 +275,9 @@ def pair_metrics(items: list[Item], rewards: list[list[float]], with_oracle: boo
         out["oracle_acc"] = oracle_acc["all"][0] / max(1, oracle_acc["all"][1])
         out["oracle_pairs"] = oracle_acc["all"][1]
         out["tie_share"] = ties[0] / max(1, ties[1])
+        for name, (right, pairs) in by_truth.items():  # against the labels, split by the noiseless truth
+            out[f"{name}_pairs"] = pairs
+            out[f"{name}_label_acc"] = right / pairs if pairs else None
     for by in ("kind", "source"):
         out[f"by_{by}"] = {
             g[1]: {"pairwise_acc": acc[g][0] / acc[g][1], "pairs": acc[g][1]}

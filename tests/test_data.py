@@ -67,7 +67,8 @@ def test_contract(world):
     assert {p.name for p in (world / "prompts").iterdir()} >= {"sentiment", "where_is", "antonym", "count"}
     for split in ("sft_train", "sft_val", "rl_prompts", "rl_eval"):
         keys = {"id", "kind", "prompt", "meta"} | ({"response"} if split.startswith("sft") else set())
-        assert all(set(r) == keys for r in read_jsonl(world / "instructions" / f"{split}.jsonl"))
+        assert all(set(r) - {"flaw"} == keys for r in read_jsonl(world / "instructions" / f"{split}.jsonl"))
+        assert split.startswith("sft") or not any("flaw" in r for r in read_jsonl(world / "instructions" / f"{split}.jsonl"))
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path, world):
@@ -334,6 +335,43 @@ def test_task_sizes_per_task(tmp_path):
     ("data.task_sizes.sentiment.val=2", r"data\.task_sizes\.sentiment\.val: 2 is too small"),
 ])
 def test_bad_task_sizes_one_line(tmp_path, override, pattern):
+    out = tmp_path / "raw"
+    with pytest.raises(InputError, match=pattern) as e:
+        run(make_cfg(out, *TINY, "data.corpus_mb=0.05", override))
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_demo_flaws_share_and_mix_in_the_files_and_rl_splits_unchanged(tmp_path, world):
+    """The world's default share of flawed demonstrations, and share 0 / another mix: the sft files
+    carry the share (each flawed row marked), every other file is byte for byte the same."""
+    clean, mixed = tmp_path / "clean", tmp_path / "mixed"
+    run(make_cfg(clean, "data=world", "data.corpus_mb=1.0", *TINY, "data.demo_flaws.share=0"))
+    off = [f"data.demo_flaws.mix.{d}=0" for d in ("no_clean_end", "banned_word", "repetitive", "wrong_mood",
+                                                  "missing_subject", "off_topic")]  # a weight of 0 leaves a defect out
+    run(make_cfg(mixed, "data=world", "data.corpus_mb=1.0", *TINY, "data.demo_flaws.share=0.25",
+                 "data.demo_flaws.mix.false_fact=2", *off))
+    share = compose([]).data.demo_flaws.share
+    for out, want in ((world, share), (clean, 0.0), (mixed, 0.25)):
+        for split, n in (("sft_train", 60), ("sft_val", 12)):
+            rows = read_jsonl(out / "instructions" / f"{split}.jsonl")
+            assert sum("flaw" in r for r in rows) == round(want * n)
+    mixed_rows = read_jsonl(mixed / "instructions" / "sft_train.jsonl")
+    assert {r["flaw"] for r in mixed_rows if "flaw" in r} <= {"too_long", "false_fact"}
+    stats = json.loads((mixed / "stats.json").read_text())
+    assert sum(stats["instructions"]["sft_train"]["flaws"].values()) == 15
+    a, b, c = hashes(world), hashes(clean), hashes(mixed)
+    same = {k for k in a if not k.startswith("instructions/sft") and k != "stats.json"}
+    assert same and all(a[k] == b[k] == c[k] for k in same)  # rl_prompts, rl_eval, corpus, tasks: untouched
+    if share > 0:
+        assert a["instructions/sft_train.jsonl"] != b["instructions/sft_train.jsonl"]
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("data.demo_flaws.share=1.5", r"data\.demo_flaws\.share: 1\.5 is not in \[0, 1\]"),
+    ("+data.demo_flaws.mix.rude=1", r"data\.demo_flaws\.mix\.rude: not a defect"),
+    ("data.demo_flaws.mix.too_long=-1", r"data\.demo_flaws\.mix\.too_long: weight -1\.0 is negative"),
+])
+def test_bad_demo_flaws_one_line(tmp_path, override, pattern):
     out = tmp_path / "raw"
     with pytest.raises(InputError, match=pattern) as e:
         run(make_cfg(out, *TINY, "data.corpus_mb=0.05", override))

@@ -1,7 +1,8 @@
 """ppo stage (InstructGPT step 3): the math of model/rl.py against hand-computed values, the
 rollout layout (the score on each row's last real token, nothing on padding), one update
 raising the clipped objective, PPO-ptx's data untouched at γ = 0, bit-exact kill-and-resume,
-and bad input. Seconds each."""
+and bad input; the critic-free estimators (RLOO, GRPO): their advantages by hand, the stage's
+groups of samples per prompt, and bit-exact resume. Seconds each."""
 
 from __future__ import annotations
 
@@ -95,6 +96,48 @@ def test_adaptive_kl_controller():
     assert math.isclose(ctl.update(5.4, 1000), 0.1 * 1.02 * (1 - 0.1 * 0.1))  # err = 5.4/6 - 1 = -0.1
 
 
+def test_rloo_and_grpo_advantages_by_hand():
+    # k = 4: group 0 [1, 0, 0, 1], group 1 [2, 0, 1, 5]
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 5.0])
+    # RLOO: R_i minus the mean of the other three. group 0: 1 - 1/3, 0 - 2/3; group 1 (sum 8): 2 - 6/3, 0 - 8/3, 1 - 7/3, 5 - 3/3
+    rloo = rl.rloo_advantages(r, 4)
+    assert torch.allclose(rloo, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0.0, -8 / 3, -4 / 3, 4.0]), atol=1e-6)
+    # GRPO, unbiased std: group 0 mean 0.5, std sqrt(4 * 0.25 / 3) = sqrt(1/3);
+    # group 1 mean 2, squared deviations 0 + 4 + 1 + 9 = 14, std sqrt(14/3)
+    s0, s1 = math.sqrt(1 / 3) + 1e-6, math.sqrt(14 / 3) + 1e-6
+    grpo = rl.grpo_advantages(r, 4)
+    expected = torch.tensor([0.5 / s0, -0.5 / s0, -0.5 / s0, 0.5 / s0, 0.0, -2 / s1, -1 / s1, 3 / s1])
+    assert torch.allclose(grpo, expected, atol=1e-6)
+    # k = 2: RLOO is the difference of the pair, GRPO ±1/sqrt(2) (std of a pair |a - b|/sqrt(2))
+    pair = torch.tensor([3.0, 1.0])
+    assert rl.rloo_advantages(pair, 2).tolist() == [2.0, -2.0]
+    assert torch.allclose(rl.grpo_advantages(pair, 2, eps=0.0), torch.tensor([1.0, -1.0]) / math.sqrt(2))
+
+
+def test_a_tied_group_gives_exactly_zero_and_is_counted():
+    r = torch.tensor([0.1, 0.1, 0.1, 0.1, 1.0, 0.0, 0.0, 1.0, -0.3, -0.3, -0.3, -0.3, 2.0, 2.0, 2.0, 2.5])
+    for f in (rl.rloo_advantages, rl.grpo_advantages):
+        adv = f(r, 4)
+        assert (adv[:4] == 0).all() and (adv[8:12] == 0).all()  # exactly 0, not float noise
+        assert (adv[4:8] != 0).all() and (adv[12:] != 0).all()
+    assert rl.zero_std_share(r, 4) == 0.5
+    assert rl.zero_std_share(torch.tensor([1.0, 2.0, 3.0, 4.0]), 2) == 0.0
+    assert rl.zero_std_share(torch.tensor([1.0, 1.0, 3.0, 3.0]), 2) == 1.0
+    for bad in (1, 3):
+        with pytest.raises(ValueError, match=f"k={bad}"):
+            rl.rloo_advantages(r, bad)
+
+
+def test_sequence_rewards_are_the_token_rewards_summed():
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    kl = torch.tensor([[0.5, 1.0, 9.0], [0.2, 9.0, 9.0]])  # junk on padding must not count
+    score = torch.tensor([1.0, -1.0])
+    seq = rl.sequence_rewards(score, kl, mask, beta=0.1)
+    assert torch.allclose(seq, torch.tensor([1.0 - 0.15, -1.0 - 0.02]))
+    assert torch.allclose(seq, rl.token_rewards(score, kl, mask, 0.1).sum(1))
+    assert rl.sequence_advantages(torch.tensor([2.0, -1.0]), mask).tolist() == [[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]
+
+
 # --- rollouts and one update on a tiny model ----------------------------------------------------
 
 
@@ -151,6 +194,38 @@ def test_one_ppo_update_raises_the_clipped_objective(tiny):
     learner = ppo.Learner(gpt, critic, *ppo.optimizers(gpt, critic, pc, "cpu"), shared=False)
     stats = ppo.ppo_step(learner, batch, pc, None)
     assert stats["approx_kl"] < 1e-6 and stats["clip_frac"] == 0.0  # the first step starts at ratio 1
+    assert objective() > before + 1e-3
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+def test_critic_free_experience_and_update(tiny, estimator):
+    gpt, batch, _ = tiny
+    ref = GPT(gpt.config)
+    ref.load_state_dict(gpt.state_dict())
+    with torch.no_grad():  # a reference unlike the policy: a KL term in the reward
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pc = ppo.PPOConfig(estimator=estimator, group_size=3, episodes=3, minibatch=3, lr=1e-3, beta=0.1)
+    score = torch.tensor([1.0, -1.0, 2.0])  # the three rows as one group
+    stats = ppo.experience(batch, gpt, ref, None, score, pc, beta=0.1)
+    d, mask = batch.data, batch.mask
+    assert "old_values" not in d and "returns" not in d and stats["explained_var"] is None
+    kl = rl.kl_k1(d["old_logprobs"], d["ref_logprobs"], mask)
+    seq = score - 0.1 * kl.sum(1)
+    adv = rl.ADVANTAGE_ESTIMATORS[estimator](seq, 3)
+    assert torch.equal(d["advantages"], adv[:, None] * mask) and (d["advantages"][~mask] == 0).all()
+    assert math.isclose(stats["reward"], seq.mean().item(), rel_tol=1e-6) and stats["zero_std_share"] == 0.0
+
+    def objective() -> float:
+        with torch.no_grad():
+            lp = ppo.response_logprobs(ppo.policy_forward(gpt, batch, 1.0)[0], batch.targets)
+            return -rl.policy_loss(lp, d["old_logprobs"], d["advantages"], mask, pc.clip)[0].item()
+
+    before = objective()
+    policy_opt, value_opt = ppo.optimizers(gpt, None, pc, "cpu")
+    assert value_opt is None
+    step = ppo.ppo_step(ppo.Learner(gpt, None, policy_opt, None, shared=False), batch, pc, None)
+    assert "value_loss" not in step and step["clip_frac"] == 0.0
     assert objective() > before + 1e-3
 
 
@@ -236,6 +311,7 @@ def test_kill_and_resume_gives_the_same_curve(ppo_workspace):
     ("no_sft", "models/sft: no SFT policy checkpoint (run the sft stage first)"),
     ("no_rm", "models/rm: no reward model checkpoint (run the train_rm stage first)"),
     ("tokenizer", "models/rm/tokenizer.json differs from the policy's models/sft/tokenizer.json"),
+    ("group_size", "ppo.group_size=3: rloo needs >= 2 samples per prompt and ppo.episodes=8 a multiple of it"),
 ])
 def test_bad_input_is_one_line_and_overwrites_nothing(ppo_workspace, case, message):
     Path("metrics/ppo").mkdir(parents=True)
@@ -243,6 +319,8 @@ def test_bad_input_is_one_line_and_overwrites_nothing(ppo_workspace, case, messa
     args = [*QUICK]
     if case == "beta":
         args.append("ppo.beta=-0.1")
+    elif case == "group_size":
+        args += ["ppo.estimator=rloo", "ppo.group_size=3"]
     elif case == "no_sft":
         shutil.rmtree("models/sft")
     elif case == "no_rm":
@@ -256,6 +334,45 @@ def test_bad_input_is_one_line_and_overwrites_nothing(ppo_workspace, case, messa
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: " + message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert Path("metrics/ppo/ppo.json").read_text() == "previous\n" and not Path("models/ppo").exists()
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+def test_critic_free_stage_samples_groups_and_logs_zero_std_share(ppo_workspace, monkeypatch, estimator):
+    batches = []
+    orig = ppo.make_batch
+    monkeypatch.setattr(ppo, "make_batch", lambda rows, *a: batches.append([r["id"] for r in rows]) or orig(rows, *a))
+    m = ppo.run(compose([*QUICK, "ppo.updates=2", f"ppo.estimator={estimator}", "ppo.value=rm"]))  # value: ignored
+    assert m["estimator"] == estimator and m["group_size"] == 4 and m["value"] is None and m["episodes"] == 16
+    for ids in batches:  # 8 episodes: 2 prompts, 4 samples each, consecutive
+        assert len(ids) == 8 and len(set(ids[:4])) == 1 and len(set(ids[4:])) == 1
+    assert batches[0][0] != batches[0][4]  # two different prompts
+    rows = [r.split(",") for r in curve()]
+    col = rows[0].index("zero_std_share")
+    assert len(rows) == 3 and all(0.0 <= float(r[col]) <= 1.0 for r in rows[1:])
+    assert rows[0][: len(ppo.CURVE)] == list(ppo.CURVE) and all(r[rows[0].index("value_loss")] == "" for r in rows[1:])
+    assert 0 <= m["final"]["zero_std_share"] <= 1 and "value_loss" not in m["final"]
+    assert not Path("models/ppo/heads.safetensors").exists()  # no value model built or saved
+    assert json.loads(Path("models/ppo/meta.json").read_text())["estimator"] == estimator
+
+
+def test_ppo_curve_has_an_empty_zero_std_share(ppo_workspace):
+    ppo.run(compose([*QUICK, "ppo.updates=1"]))
+    rows = [r.split(",") for r in curve()]
+    assert rows[1][rows[0].index("zero_std_share")] == ""
+
+
+def test_critic_free_resume_continues_bit_for_bit_and_estimator_overrides_a_variant(ppo_workspace):
+    args = [*QUICK, "ppo.variant=ppo_ptx", "ppo.estimator=grpo", "ppo.group_size=2", "ppo.ptx_block=32", "ppo.eval_every=2",
+            "ppo.kl_target=1.0"]
+    m = ppo.run(compose([*args, "ppo.updates=4"]))
+    assert m["ptx_coef"] == 0.2 and m["estimator"] == "grpo" and m["final"]["ptx_loss"] > 0  # the variant's and the override's
+    reference = curve("ppo_ptx")
+    shutil.rmtree("models/ppo_ptx")
+    ppo.run(compose([*args, "ppo.updates=2"]))  # a checkpoint at update 2 (evaluated there, as the 4-update run is)
+    ppo.run(compose([*args, "ppo.updates=4", "ppo.resume=true"]))
+    assert curve("ppo_ptx") == reference  # every logged number, bit for bit
+    with pytest.raises(InputError, match="trained with ppo.estimator=grpo, cannot resume it with ppo.estimator=ppo"):
+        ppo.run(compose([*QUICK, "ppo.variant=ppo_ptx", "ppo.ptx_block=32", "ppo.updates=6", "ppo.resume=true"]))
 
 
 def test_oracle_reward_needs_no_reward_model(ppo_workspace):

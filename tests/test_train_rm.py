@@ -207,6 +207,9 @@ def test_end_to_end_metrics_checkpoint_bias_and_mlflow(workspace, world):
     assert 0 <= m["train"]["pairwise_acc"] <= 1
     assert m["data"]["train_prompts"] + m["data"]["heldout_prompts"] == 40 and m["data"]["heldout_prompts"] > 5
     assert ho["pairs"] == 6 * m["data"]["heldout_prompts"] and ho["oracle_pairs"] == round(ho["pairs"] * (1 - ho["tie_share"]))
+    assert ho["decisive_pairs"] == ho["oracle_pairs"] and ho["tied_pairs"] + ho["decisive_pairs"] == ho["pairs"]
+    right = sum(ho[f"{t}_label_acc"] * ho[f"{t}_pairs"] for t in ("tied", "decisive") if ho[f"{t}_pairs"])
+    assert right == pytest.approx(ho["pairwise_acc"] * ho["pairs"])  # the two parts make up the whole
     assert set(ho["by_kind"]) <= {"mood_sentence", "story_where", "story_colour", "list", "describe", "opposite"}
     assert sum(v["pairs"] for v in ho["by_kind"].values()) == ho["pairs"]
     assert all({"pairwise_acc", "oracle_acc"} <= set(v) for v in ho["by_kind"].values())

@@ -301,3 +301,24 @@ def test_build_sizes_per_task():
     assert len(w.tasks["story_cloze"]["train"]) == 48
     assert {len(w.tasks[t]["train"]) for t in ("sentiment", "paraphrase")} == {24}
     assert w.tasks["story_cloze"]["test"] == W.build(7, 0, **SMALL).tasks["story_cloze"]["test"]
+
+
+def test_add_flaws_share_mix_and_every_flawed_demonstration_scores_below_one():
+    rows = I.make_instruction_splits(random.Random(3), {"sft_train": 400}, set())["sft_train"]
+    flawed = I.add_flaws(rows, 0.5, {d: 1.0 for d in I.ALL_DEFECTS}, random.Random(4))
+    marked = [r for r in flawed if "flaw" in r]
+    assert len(marked) == 200
+    for before, after in zip(rows, flawed):
+        assert (before["id"], before["prompt"], before["meta"]) == (after["id"], after["prompt"], after["meta"])
+        if "flaw" in after:
+            assert after["flaw"] in I.DEFECTS[after["kind"]]
+            assert O.score(after, after["response"]) < 1.0, after
+        else:
+            assert after == before and O.score(after, after["response"]) == 1.0
+    assert {r["flaw"] for r in marked} >= set(I.GENERIC_DEFECTS) | {"wrong_mood", "false_fact"}
+    only = I.add_flaws(rows, 0.25, {"too_long": 1.0, "wrong_mood": 0.0}, random.Random(4))
+    assert sum("flaw" in r for r in only) == 100 and {r["flaw"] for r in only if "flaw" in r} == {"too_long"}
+    mood_only = I.add_flaws(rows, 1.0, {"wrong_mood": 1.0}, random.Random(4))  # only mood_sentence rows can take it
+    assert {r["kind"] for r in mood_only if "flaw" in r} == {"mood_sentence"}
+    assert all("flaw" in r for r in mood_only if r["kind"] == "mood_sentence")
+    assert I.add_flaws(rows, 0.0, {"too_long": 1.0}, random.Random(4)) == rows

@@ -36,9 +36,12 @@ def instruction_leak(row: dict) -> list[str]:
 
 
 def build(seed: int, corpus_bytes: int, task_sizes: dict[str, int], prompt_sizes: tuple[int, int],
-          instruction_sizes: dict[str, int], per_task: dict[str, dict[str, int]] | None = None) -> World:
+          instruction_sizes: dict[str, int], per_task: dict[str, dict[str, int]] | None = None,
+          demo_flaws: tuple[float, dict[str, float]] = (0.0, {})) -> World:
     """Everything the world yields; `corpus_bytes` = 0 skips the corpus. `task_sizes` ({split: n})
-    applies to every labelled task that `per_task` ({task: {split: n}}) does not name."""
+    applies to every labelled task that `per_task` ({task: {split: n}}) does not name.
+    `demo_flaws` = (share, mix): that share of each sft split's demonstrations get one defect
+    (`instructions.add_flaws`, drawn from its own stream, so nothing else changes)."""
     def rng(part: str) -> random.Random:
         return random.Random(f"{seed}/{part}")
 
@@ -55,5 +58,8 @@ def build(seed: int, corpus_bytes: int, task_sizes: dict[str, int], prompt_sizes
         leak += [lk for items in splits.values() for _, lk in items if lk]
     instructions = I.make_instruction_splits(rng("instructions"), instruction_sizes, seen)
     leak += [instruction_leak(r) for rows in instructions.values() for r in rows]
+    share, mix = demo_flaws
+    for split in [s for s in instructions if s.startswith("sft")] if share > 0 else []:
+        instructions[split] = I.add_flaws(instructions[split], share, mix, rng(f"demo_flaws/{split}"))
     docs, counts = C.make_corpus(rng("corpus"), corpus_bytes, C.LeakGuard(leak)) if corpus_bytes > 0 else ([], {})
     return World(tasks, prompts, instructions, leak, docs, counts)

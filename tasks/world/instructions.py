@@ -20,6 +20,10 @@ few closing lines (`MOOD_ASKS`, `MOOD_ENDS`, ...), so that enough distinct promp
 at scale: about 114k mood_sentence, 196k list, 34k describe and 14k opposite prompts (stories:
 unbounded), room for well over 20,000 RL prompts beside the other splits in WEIGHTS' shares.
 
+`add_flaws` gives a share of the demonstrations one defect each, as people's demonstrations have
+(InstructGPT's and AlpacaFarm's were written by people, of mixed quality): the row keeps its
+prompt and meta, its `response` is edited (`corrupt`) and it records the defect as `flaw`.
+
 `sample_responses` draws a realistic mix for an instruction, as a policy in training would:
 correct answers in other words, and answers with one or two defects of the kinds the oracle
 checks (`DEFECTS`). Tests and the oracle's noise calibration use it.
@@ -229,6 +233,27 @@ def corrupt(kind: str, meta: dict, defect: str, rng: random.Random, response: st
     else:
         raise KeyError(f"{kind}: {defect}")
     return demonstration(kind, m, rng)
+
+
+ALL_DEFECTS = tuple(sorted({d for ds in DEFECTS.values() for d in ds}))
+
+
+def add_flaws(rows: list[dict], share: float, mix: dict[str, float], rng: random.Random) -> list[dict]:
+    """Demonstrations with `share` of them (rounded, among the rows whose kind has a defect of
+    positive weight in `mix`) given one defect: drawn by `mix`'s weights among the defects of the
+    row's kind (`DEFECTS`); generic ones edit the demonstration itself, the others (wrong mood,
+    missing subject, false fact, off topic) are a demonstration of altered facts. A flawed row
+    carries `flaw` (the defect's name); the others are returned unchanged."""
+    eligible = [i for i, r in enumerate(rows) if any(mix.get(d, 0) > 0 for d in DEFECTS.get(r["kind"], ()))]
+    chosen = sorted(rng.sample(eligible, min(len(eligible), round(share * len(rows))))) if share > 0 else []
+    out = list(rows)
+    for i in chosen:
+        r = rows[i]
+        names = [d for d in DEFECTS[r["kind"]] if mix.get(d, 0) > 0]
+        defect = rng.choices(names, weights=[mix[d] for d in names])[0]
+        edit = r["response"] if defect in GENERIC_DEFECTS else None
+        out[i] = {**r, "response": corrupt(r["kind"], r["meta"], defect, rng, response=edit), "flaw": defect}
+    return out
 
 
 def sample_responses(kind: str, meta: dict, rng: random.Random, k: int) -> list[str]:
