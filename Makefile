@@ -16,7 +16,7 @@ PORT ?= 4200
 # the CPU build of torch to install when there is no GPU (a wheel on local disk or a CPU index)
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: pipeline test setup serve mlflow-ui bench clean report scaling
+.PHONY: pipeline test setup serve mlflow-ui bench clean report scaling rlhf-seeds
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ pipeline: setup
 # The scaling experiment (not part of `make pipeline`): docs/scaling.md and docs/scaling.png
 scaling: setup
 	$(PY) -m flows.scaling
+
+# The RLHF methods again with more seeds (after `make pipeline`): metrics/rlhf_seeds.{json,md}, the verdicts in RESULTS.md
+rlhf-seeds: setup
+	$(PY) -m flows.seeds
+	$(PY) -m tasks.report
 
 # RESULTS.md from metrics/: every results table, generated (the end of `make pipeline`)
 report: setup

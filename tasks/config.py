@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tasks.common import InputError, atomic_write_text
 from tasks.schema import (CollectRankingsConfig, DataConfig, DPOConfig, EvaluateConfig, FinetuneConfig, PPOConfig, PretrainConfig,
-                          PromptEvalConfig, ScalingConfig, SFTConfig, TokenizerConfig, TrackingConfig, TrainRMConfig)
+                          PromptEvalConfig, ScalingConfig, SeedsConfig, SFTConfig, TokenizerConfig, TrackingConfig, TrainRMConfig)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PARAMS_FILE = "params.yaml"
@@ -83,6 +83,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
 
 
 def _one_line(e: BaseException) -> str:

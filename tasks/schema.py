@@ -42,6 +42,19 @@ class InstructionFilesConfig:
     rl_eval: str = ""  # held-out prompts for evaluation
 
 
+def _uniform_flaw_mix() -> dict[str, float]:
+    return {d: 1.0 for d in ("too_long", "no_clean_end", "banned_word", "repetitive", "wrong_mood", "missing_subject",
+                             "false_fact", "off_topic")}
+
+
+@dataclass
+class DemoFlawsConfig:
+    """Demonstrations as people write them: a share of sft_train/sft_val gets one defect each."""
+
+    share: float = 0.5  # of each sft split's demonstrations, in [0, 1]; 0 = every demonstration is perfect
+    mix: dict[str, float] = field(default_factory=_uniform_flaw_mix)  # defect -> weight among a kind's own defects
+
+
 @dataclass
 class TaskSizes:
     train: int = -1  # labelled rows of this world task per split; -1 = data.n_train / n_val / n_test
@@ -67,6 +80,7 @@ class DataConfig:
     n_rl_prompts: int = 1000  # prompts for rankings and PPO
     n_rl_eval: int = 200  # held-out prompts
     oracle_noise: float = DEFAULT_NOISE  # ranking temperature, score units; 0 = exact; 0.09 -> ~73% pair agreement
+    demo_flaws: DemoFlawsConfig = field(default_factory=DemoFlawsConfig)  # flawed SFT demonstrations (world only)
     include_world_tasks: bool = True  # pydoc/files/hf: also write the world's tasks, prompts, instructions
     # --- your own data (any source)
     paths: list[str] = field(default_factory=list)  # source=files: corpus files (.txt/.jsonl/.csv/.parquet)
@@ -294,7 +308,8 @@ class TrainRMConfig:
 @dataclass
 class PPOConfig:
     variant: str = "ppo"  # this run's name: writes {models_dir}/{variant}/, {metrics_dir}/{variant}.json, {variant}_curve.csv
-    variants: dict[str, Any] = field(default_factory=lambda: {"ppo": {}, "ppo_ptx": {"ptx_coef": 0.2}, "ppo_gold": {"reward": "oracle"}})  # per variant: the settings it overrides
+    variants: dict[str, Any] = field(default_factory=lambda: {"ppo": {}, "ppo_ptx": {"ptx_coef": 0.2}, "ppo_gold": {"reward": "oracle"},
+                                                                          "rloo_ptx": {"estimator": "rloo", "ptx_coef": 0.2}})  # per variant: the settings it overrides
     policy: str = "models/sft"  # the policy's start and the frozen KL reference (a checkpoint with tokenizer.json)
     reward_model: str = "models/rm"  # the frozen reward model (RewardModel checkpoint); also the value model's start
     prompts_file: str = "data/raw/instructions/rl_prompts.jsonl"  # rows {id, kind, prompt, meta}
@@ -303,8 +318,10 @@ class PPOConfig:
     metrics_dir: str = "metrics/ppo"  # {variant}.json (final metrics) and {variant}_curve.csv (per update)
     reward: str = "rm"  # rm: the reward model's normalised score | oracle: the world's oracle (the gold-reward run)
     value: str = "shared"  # value model: rm (separate, from the RM) | sft (separate, SFT trunk, zero head) | shared (head on the policy trunk)
+    estimator: str = "ppo"  # advantages: ppo (GAE with the value model) | rloo | grpo (group_size samples per prompt, no value model)
+    group_size: int = 4  # k samples per prompt for rloo/grpo (>= 2; episodes a multiple of it); ignored by ppo
     updates: int = 60  # PPO updates, each one rollout batch
-    episodes: int = 64  # prompts per rollout batch, one sampled response each
+    episodes: int = 64  # responses per rollout batch (ppo: one per prompt; rloo, grpo: group_size per prompt)
     minibatch: int = 16  # episodes per gradient step
     ppo_epochs: int = 2  # passes over each rollout batch (the paper: 1)
     lr: float = 5e-5  # policy AdamW learning rate, constant
@@ -378,7 +395,8 @@ class EvaluateConfig:
     demos_file: str = "data/raw/instructions/sft_train.jsonl"  # the few-shot baseline's demonstrations
     few_shot_k: int = 3  # demonstrations in context for the few-shot baseline (as many as fit)
     policies: dict[str, str] = field(default_factory=lambda: {"sft": "models/sft", "ppo": "models/ppo", "ppo_ptx": "models/ppo_ptx",
-                                                              "ppo_gold": "models/ppo_gold", "dpo": "models/dpo"})
+                                                              "ppo_gold": "models/ppo_gold", "rloo_ptx": "models/rloo_ptx",
+                                                              "dpo": "models/dpo"})
     reference: str = "sft"  # the policy win rates and KL are measured against
     reward_model: str = "models/rm"  # scores every response (normalised units)
     max_new_tokens: int = 40  # response budget, tokens
@@ -386,16 +404,19 @@ class EvaluateConfig:
     pretrain_data: str = "data/tokenized"  # val.bin: the alignment tax's pre-training loss
     val_windows: int = 64  # pre-training validation windows (fixed, seeded)
     prompt_eval_items: int = 100  # zero-shot prompt-eval items per task and policy; 0 = skip the prompt-eval tax
-    best_of_n: list[int] = field(default_factory=lambda: [1, 4, 16])  # best-of-n rows (RM's favourite of n samples); [] = none
+    sampled_n: int = 4  # temperature-1 samples per prompt and policy (seeds seed + j) for the sampled columns; 0 = greedy only
+    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # best-of-n rows (the RM's and the oracle's favourite of n samples); [] = none
     best_of_n_from: str = "sft"  # the policy best-of-n samples from (one of policies)
     curves: list[str] = field(default_factory=lambda: ["metrics/ppo/ppo_curve.csv", "metrics/ppo/ppo_ptx_curve.csv", "metrics/ppo/ppo_gold_curve.csv",
+                                                            "metrics/ppo/rloo_ptx_curve.csv",
                                                             "metrics/dpo_curve.csv"])
     register_policy: str = "ppo_ptx"  # registered in MLflow's model registry with the reward model; "" = none
     metrics_file: str = "metrics/evaluate.json"
     samples_file: str = "metrics/evaluate_samples.jsonl"
     table_file: str = "metrics/evaluate_table.md"
     plot_file: str = "metrics/overoptimization.png"
-    seed: int = 1337  # KL samples, few-shot demonstrations
+    overopt_file: str = "metrics/overoptimization.md"  # the fitted over-optimisation laws (Gao et al. 2022), markdown
+    seed: int = 1337  # samples (j-th with seed + j), few-shot demonstrations
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
 # --- scaling (flows/scaling.py: not a stage of the default DAG) ------------------------
@@ -417,6 +438,19 @@ class ScalingConfig:
     metrics_dir: str = "metrics/scaling"  # <metrics_dir>/<size>/: pretrain.json, prompt_eval.json, settings.json
     report_file: str = "docs/scaling.md"  # the table: params, val loss, accuracy by task and k, few-shot gain
     plot_file: str = "docs/scaling.png"  # accuracy against k per size; few-shot gain against parameters
+
+
+# --- seeds (flows/seeds.py: not a stage of the default DAG) ---------------------------
+
+@dataclass
+class SeedsConfig:
+    seeds: list[int] = field(default_factory=lambda: [1338, 1339])  # the extra RL seeds; the pipeline's run is the root seed
+    methods: list[str] = field(default_factory=lambda: ["ppo_ptx", "ppo_gold", "rloo_ptx", "dpo"])  # ppo variants, and dpo
+    concurrency: int = 2  # runs at once
+    out_dir: str = "models/seeds"  # <out_dir>/<seed>/<method>/
+    metrics_dir: str = "metrics/seeds"  # <metrics_dir>/<seed>/: metrics, curves, evaluate.json, samples, settings.json
+    report_file: str = "metrics/rlhf_seeds.json"  # every seed pooled: differences from SFT with paired 95% intervals
+    table_file: str = "metrics/rlhf_seeds.md"
 
 
 # --- tracking -------------------------------------------------------------------------

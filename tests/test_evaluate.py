@@ -31,17 +31,20 @@ def test_win_rates_ties_half_and_decisive():
 
 @pytest.fixture
 def policies(instruct_workspace) -> Path:
-    """models/{sft,ppo,ppo_ptx,ppo_gold,dpo,rm} from the tiny GPT, and a tokenized validation split."""
+    """models/sft, every other policy of evaluate.policies (ppo, ppo_ptx, ppo_gold, dpo, ...) and
+    models/rm from the tiny GPT, and a tokenized validation split."""
     base = load_checkpoint("models/pretrain")
     tok_path = base.tokenizer_path
     shutil.copytree("models/pretrain", "models/sft")
-    for name, seed in (("ppo", 1), ("ppo_ptx", 2), ("ppo_gold", 4), ("dpo", 3)):
-        torch.manual_seed(seed)
+    seeds = {"ppo": 1, "ppo_ptx": 2, "ppo_gold": 4, "dpo": 3}
+    others = [(name, path) for name, path in compose(QUICK).evaluate.policies.items() if name != "sft"]
+    for i, (name, path) in enumerate(others):
+        torch.manual_seed(seeds.get(name, 10 + i))
         gpt = load_checkpoint("models/pretrain").model
         with torch.no_grad():
             for p in gpt.parameters():
                 p.add_(0.01 * torch.randn_like(p))
-        save_checkpoint(f"models/{name}", gpt, {"stage": "ppo"}, tokenizer_path=tok_path)
+        save_checkpoint(path, gpt, {"stage": "ppo"}, tokenizer_path=tok_path)
     RewardModel(base.model).save("models/rm", {"stage": "train_rm"}, tokenizer_path=tok_path)
     Path("data/tokenized").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -52,8 +55,12 @@ def policies(instruct_workspace) -> Path:
 
 
 def test_evaluate_every_policy(policies):
-    metrics = evaluate.run(compose(QUICK))
-    assert list(metrics) == ["pretrain_few_shot", "sft", "ppo", "ppo_ptx", "ppo_gold", "dpo", "best_of_1", "best_of_4", "best_of_16"]
+    cfg = compose([*QUICK, "evaluate.best_of_n=[1,4,16]"])
+    metrics = evaluate.run(cfg)
+    assert {"sft", "ppo", "ppo_ptx", "ppo_gold", "dpo"} <= set(cfg.evaluate.policies)
+    assert list(metrics) == ["pretrain_few_shot", *cfg.evaluate.policies, "best_of_1", "best_of_4", "best_of_16",
+                             "oracle_best_of_1", "oracle_best_of_4", "oracle_best_of_16", "overoptimization"]
+    metrics.pop("overoptimization")
     for name, m in metrics.items():
         for key in evaluate.TABLE_KEYS:
             assert key in m, (name, key)
@@ -63,11 +70,13 @@ def test_evaluate_every_policy(policies):
     assert sft["kl_to_sft"] == 0.0 and sft["win_rate_vs_sft"] == 0.5 and sft["decisive_win_rate_vs_sft"] is None
     # the samples file holds every policy's response to every prompt: the table recomputes from it
     rows = read_jsonl("metrics/evaluate_samples.jsonl")
-    assert len(rows) == 9 * 8 and set(rows[0]) == {"prompt_id", "policy", "response", "oracle_score", "rm_score"}
+    assert len(rows) == len(metrics) * 8
+    assert set(rows[0]) == {"prompt_id", "policy", "response", "oracle_score", "rm_score", "sampled_oracle_score"}
     for name, m in metrics.items():
         mine = [r for r in rows if r["policy"] == name]
         assert sum(r["oracle_score"] for r in mine) / 8 == pytest.approx(m["oracle_score"])
         assert sum(r["rm_score"] for r in mine) / 8 == pytest.approx(m["rm_score"])
+        assert sum(r["sampled_oracle_score"] for r in mine) / 8 == pytest.approx(m["sampled_oracle_score"])
     assert json.loads(Path("metrics/evaluate.json").read_text())["ppo"]["oracle_score"] == metrics["ppo"]["oracle_score"]
     assert "| ppo_ptx |" in Path("metrics/evaluate_table.md").read_text()
     # best-of-n: the analytic KL, the sampled policy's alignment tax, the RM score never below fewer samples'
@@ -75,6 +84,67 @@ def test_evaluate_every_policy(policies):
     assert metrics["best_of_4"]["pretrain_val_loss"] == sft["pretrain_val_loss"]
     assert metrics["best_of_1"]["rm_score"] <= metrics["best_of_4"]["rm_score"] <= metrics["best_of_16"]["rm_score"]
     assert Path("metrics/overoptimization.png").stat().st_size > 0
+
+
+def write_curve(path: str, d: list[float], law, extra: str = "") -> None:
+    """A training curve whose oracle score follows `law(d)` over 0.7 at KL = d² (rm_score rising)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    lines = ["update,rm_score,oracle_score,kl" + extra]
+    lines += [f"{i},{0.1 * x},{0.7 + law(x)},{x * x}" + ("," if extra else "") for i, x in enumerate(d)]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def test_sampled_columns_intervals_oracle_best_of_n_and_overoptimization(policies):
+    d = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    write_curve("metrics/ppo/ppo_curve.csv", d, lambda x: 0.0 if x == 0 else x * (0.2 - 0.1 * math.log(x)))
+    # a DPO-like curve: training rows without kl (skipped), sample rows with it
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/dpo_curve.csv").write_text("step,loss,kl,rm_score,oracle_score\n0,,0.0,0.1,0.8\n5,0.69,,,\n10,,1.0,0.2,0.85\n"
+                                             "15,0.6,,,\n20,,4.0,0.3,0.83\n")
+    metrics = evaluate.run(compose([*QUICK, "evaluate.sampled_n=3", "evaluate.prompt_eval_items=0"]))
+    ns = [1, 2, 4, 8, 16, 32, 64]
+    assert [k for k in metrics if k.startswith("best_of_")] == [f"best_of_{n}" for n in ns]
+    assert [k for k in metrics if k.startswith("oracle_best_of_")] == [f"oracle_best_of_{n}" for n in ns]
+    for name, m in metrics.items():
+        if name == "overoptimization":
+            continue
+        for key in ("sampled_oracle_score", "sampled_perfect_rate", "sampled_rm_score", "oracle_score_diff_vs_sft",
+                    "oracle_score_diff_vs_sft_ci", "sampled_oracle_score_diff_vs_sft", "sampled_oracle_score_diff_vs_sft_ci",
+                    "decisive_win_rate_vs_sft_ci"):
+            assert key in m, (name, key)
+        assert 0 <= m["sampled_oracle_score"] <= 1 and m["oracle_score_diff_vs_sft_ci"] >= 0
+        assert m["oracle_score_diff_vs_sft"] == pytest.approx(m["oracle_score"] - metrics["sft"]["oracle_score"])
+        ci = m["decisive_win_rate_vs_sft_ci"]
+        assert (ci is None) == (m["decisive_win_rate_vs_sft"] is None)
+        if ci is not None:
+            assert 0 <= ci[0] <= m["decisive_win_rate_vs_sft"] <= ci[1] <= 1
+    sft = metrics["sft"]
+    assert sft["sampled_n"] == 3 and sft["oracle_score_diff_vs_sft"] == 0.0 and sft["sampled_oracle_score_diff_vs_sft"] == 0.0
+    # best-of-1 is SFT's sample 0: SFT's sampled mean over its 3 samples is an average of best-of-1..3 draws
+    assert metrics["best_of_1"]["oracle_score"] == metrics["oracle_best_of_1"]["oracle_score"]
+    prev = -1.0
+    for n in ns:
+        rm_pick, oracle_pick = metrics[f"best_of_{n}"], metrics[f"oracle_best_of_{n}"]
+        assert oracle_pick["oracle_score"] >= rm_pick["oracle_score"]  # the headroom of reranking
+        assert oracle_pick["oracle_score"] >= prev  # more samples never lower the oracle's pick
+        prev = oracle_pick["oracle_score"]
+        assert oracle_pick["kl_to_sft"] == rm_pick["kl_to_sft"] == pytest.approx(math.log(n) - (n - 1) / n)
+        assert rm_pick["sampled_oracle_score"] == rm_pick["oracle_score"]
+    # over-optimisation: the laws fitted, the synthetic PPO curve's recovered, DPO's sample rows used
+    over = metrics["overoptimization"]
+    assert {"best_of_n", "oracle_best_of_n", "ppo", "dpo"} <= set(over)
+    for name, r in over.items():
+        assert set(r) >= {"alpha", "beta", "peak_kl", "peak_oracle_gain", "form"}
+    assert over["best_of_n"]["form"] == "best_of_n" and over["ppo"]["form"] == "rl"
+    assert over["ppo"]["alpha"] == pytest.approx(0.2) and over["ppo"]["beta"] == pytest.approx(0.1)
+    assert over["ppo"]["peak_kl"] == pytest.approx(math.exp(2 * (0.2 / 0.1 - 1)))
+    assert over["dpo"]["points"] == 2 and over["dpo"]["alpha"] is not None
+    assert json.loads(Path("metrics/evaluate.json").read_text())["overoptimization"]["ppo"]["form"] == "rl"
+    md = Path("metrics/overoptimization.md").read_text()
+    assert "| ppo | rl |" in md and "| 64 |" in md
+    table = Path("metrics/evaluate_table.md").read_text()
+    assert "| oracle_best_of_64 |" in table and "sampled_oracle_score" in table and " ± " in table
+    assert len(evaluate.table_rows(metrics)) == len(metrics) - 1  # the overoptimization entry is no row
 
 
 def test_best_of_1_is_plain_sampling_with_the_same_seed(policies):

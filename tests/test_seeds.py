@@ -1,0 +1,76 @@
+"""The RLHF comparison over seeds: pooling, intervals and verdicts on hand-made evaluations, and
+the flow's overrides (the evaluate stage on one seed's policies)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from flows.seeds import check_methods, evaluate_overrides, method_overrides
+from tasks import seeds
+from tasks.common import InputError, write_jsonl
+from tasks.config import ConfigError, compose
+
+
+def rows(policy: str, greedy: list[float], sampled: list[float]) -> list[dict]:
+    return [{"prompt_id": f"p{i}", "policy": policy, "response": "x y.", "oracle_score": g, "sampled_oracle_score": s}
+            for i, (g, s) in enumerate(zip(greedy, sampled))]
+
+
+def test_pool_and_verdicts_on_hand_numbers(tmp_path):
+    cfg = compose([f"evaluate.samples_file={tmp_path}/root.jsonl", f"evaluate.metrics_file={tmp_path}/root.json",
+                   f"seeds.metrics_dir={tmp_path}/seeds", "seeds.seeds=[7]", "seeds.methods=[ppo_ptx,ppo_gold]",
+                   f"seeds.report_file={tmp_path}/r.json", f"seeds.table_file={tmp_path}/r.md"])
+    sft_g, sft_s = [0.5, 0.5, 1.0, 0.5], [0.4, 0.5, 0.6, 0.5]
+    write_jsonl(tmp_path / "root.jsonl", rows("sft", sft_g, sft_s) + rows("ppo_ptx", [1.0, 1.0, 1.0, 0.0], [0.6, 0.7, 0.8, 0.5])
+                + rows("ppo_gold", [1.0, 1.0, 1.0, 1.0], [0.7, 0.7, 0.8, 0.7]))
+    (tmp_path / "root.json").write_text(json.dumps({"sft": {"sampled_oracle_score": 0.5}, "oracle_best_of_16": {"oracle_score": 0.8}}))
+    write_jsonl(tmp_path / "seeds" / "7" / "evaluate_samples.jsonl", rows("sft", sft_g, sft_s)
+                + rows("ppo_ptx", [1.0, 1.0, 1.0, 1.0], [0.8, 0.7, 0.8, 0.7]) + rows("ppo_gold", [1.0, 1.0, 1.0, 1.0], [0.9, 0.9, 0.8, 0.9]))
+    rep = seeds.run(cfg)
+    assert rep["seeds"] == [cfg.seed, 7] and rep["prompts"] == 4 and rep["missing"] == []
+    one = rep["per_seed"][str(cfg.seed)]["ppo_ptx"]
+    assert (one["wins"], one["losses"]) == (2, 1) and one["decisive_win_rate"] == pytest.approx(2 / 3)
+    assert one["sampled_diff"] == pytest.approx(0.15)
+    p = rep["pooled"]["ppo_ptx"]
+    d = [(0.7 - 0.4), (0.7 - 0.5), (0.8 - 0.6), (0.6 - 0.5)]  # per prompt: the mean over the two seeds minus SFT
+    mean = sum(d) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
+    assert p["sampled_diff"] == pytest.approx(mean) and p["sampled_diff_ci"] == pytest.approx(1.96 * sd / 2)
+    assert (p["wins"], p["losses"]) == (5, 1)
+    v = rep["verdicts"]
+    assert v["sampled_gain"]["needed"] == pytest.approx(0.15) and v["sampled_gain"]["met"] is True
+    assert v["greedy_wins"]["decisive_win_rate"] == pytest.approx(5 / 6)
+    assert v["recovers_gold"]["gold_gain"] == pytest.approx(rep["pooled"]["ppo_gold"]["sampled_diff"])
+    assert "ppo_ptx" in Path(tmp_path / "r.md").read_text() and json.loads((tmp_path / "r.json").read_text())["prompts"] == 4
+
+
+def test_a_missing_seed_is_reported_and_other_prompts_refused(tmp_path):
+    cfg = compose([f"evaluate.samples_file={tmp_path}/root.jsonl", f"evaluate.metrics_file={tmp_path}/none.json",
+                   f"seeds.metrics_dir={tmp_path}/seeds", "seeds.seeds=[7]", "seeds.methods=[ppo_ptx]",
+                   f"seeds.report_file={tmp_path}/r.json", f"seeds.table_file={tmp_path}/r.md"])
+    with pytest.raises(InputError, match="the pipeline's evaluation is missing"):
+        seeds.run(cfg)
+    write_jsonl(tmp_path / "root.jsonl", rows("sft", [1, 0], [1, 0]) + rows("ppo_ptx", [1, 1], [1, 1]))
+    rep = seeds.run(cfg)
+    assert rep["missing"] and rep["pooled"]["ppo_ptx"]["seeds"] == [cfg.seed] and "sampled_gain" not in rep["verdicts"]
+    write_jsonl(tmp_path / "seeds" / "7" / "evaluate_samples.jsonl", rows("sft", [1], [1]) + rows("ppo_ptx", [1], [1]))
+    with pytest.raises(InputError, match=r"evaluate_samples\.jsonl: policy 'sft' answered other prompts"):
+        seeds.run(cfg)
+
+
+def test_flow_overrides_write_under_the_seed_and_evaluate_only_its_policies():
+    cfg = compose(["seeds.methods=[ppo_ptx,dpo]"])
+    assert "ppo.seed=5" in method_overrides(cfg, "ppo_ptx", 5) and "ppo.models_dir=models/seeds/5" in method_overrides(cfg, "ppo_ptx", 5)
+    assert "dpo.out_dir=models/seeds/5/dpo" in method_overrides(cfg, "dpo", 5)
+    ev = compose(evaluate_overrides(cfg, 5))
+    assert {k: v for k, v in ev.evaluate.policies.items() if v} == {"sft": "models/sft", "ppo_ptx": "models/seeds/5/ppo_ptx",
+                                                                     "dpo": "models/seeds/5/dpo"}
+    assert ev.evaluate.seed == 5 and list(ev.evaluate.best_of_n) == [] and ev.evaluate.samples_file.startswith("metrics/seeds/5/")
+    with pytest.raises(ConfigError, match="seeds.methods: 'nope' is neither dpo nor one of ppo.variants"):
+        check_methods(compose(["seeds.methods=[nope]"]))
+    with pytest.raises(ConfigError, match="must be distinct and differ from the pipeline's seed"):
+        check_methods(compose(["seeds.seeds=[1337]"]))
