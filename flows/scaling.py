@@ -148,9 +148,7 @@ def scaling(overrides: list[str] | None = None) -> dict:
     overrides = with_experiment(overrides)
     cfg = compose(overrides)
     check_sizes(cfg)
-    parent_id = tracking.start_parent_run(cfg, "scaling", overrides)
-    status = "FAILED"
-    try:
+    with tracking.parent_run(cfg, "scaling", overrides) as parent_id:
         prepare(cfg, overrides, parent_id)
         # `concurrency` sizes at a time: each waits for the one `concurrency` places before it
         futures = []
@@ -162,12 +160,6 @@ def scaling(overrides: list[str] | None = None) -> dict:
         ran = [f.result() for f in futures]
         result = report(overrides)
         result["ran"] = [r["size"] for r in ran if r["ran"]]
-        status = "FINISHED"
-    finally:
-        if parent_id:
-            import mlflow
-
-            mlflow.MlflowClient().set_terminated(parent_id, status=status)
     return result
 
 

@@ -119,9 +119,7 @@ def seeds(overrides: list[str] | None = None) -> dict:
     overrides = list(overrides or [])
     cfg = compose(overrides)
     check_methods(cfg)
-    parent_id = tracking.start_parent_run(cfg, "seeds", overrides)
-    status = "FAILED"
-    try:
+    with tracking.parent_run(cfg, "seeds", overrides) as parent_id:
         prepare(parent_id)
         runs, by_seed = [], {}
         for seed in cfg.seeds.seeds:
@@ -141,12 +139,6 @@ def seeds(overrides: list[str] | None = None) -> dict:
             f.result()
         result = report(overrides)
         result["ran"] = [r["run"] for r in ran if r["ran"]]
-        status = "FINISHED"
-    finally:
-        if parent_id:
-            import mlflow
-
-            mlflow.MlflowClient().set_terminated(parent_id, status=status)
     return result
 
 

@@ -135,6 +135,9 @@ def sections(m: Path) -> dict[str, str]:
     secs["scaling"] = scaling_section(Path("docs/scaling.md"))
     secs["verdicts12"] = verdicts12(m)
     secs["verdicts3"] = verdicts3(m)
+    secs["demo_flaws"] = demo_flaws_sweep(m)
+    secs["overopt"] = ("![over-optimisation](metrics/overoptimization.png)\n\n" + include(m / "overoptimization.md") + "\n"
+                       if (m / "overoptimization.md").is_file() else "_not run_\n")
     secs["seeds"] = include(m / "rlhf_seeds.md") if (m / "rlhf_seeds.md").is_file() else "_not run: `make rlhf-seeds`_\n"
     return secs
 
@@ -189,6 +192,39 @@ def scaling_section(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     start = text.find("| size |")
     return (f"From [{path}]({path}) (`make scaling`; its own stamp names the commit and machine):\n\n" + text[start:]).strip() + "\n"
+
+
+def demo_flaws_sweep(m: Path, sweep: Path = Path("metrics/demo_flaws")) -> str:
+    """The demonstration-flaw sweep: the default run (m) beside each `<sweep>/<share>/` folder, the
+    same stages' metrics files from a run at that `data.demo_flaws.share` (README, "Demonstrations")."""
+    import yaml
+
+    runs = {}
+    default = yaml.safe_load(Path("params.yaml").read_text())["data"]["demo_flaws"]["share"] if Path("params.yaml").is_file() else None
+    if default is not None:
+        runs[float(default)] = m
+    for d in sorted(sweep.iterdir()) if sweep.is_dir() else []:
+        try:
+            runs[float(d.name)] = d
+        except ValueError:
+            continue
+    rows, methods = [], ("ppo_ptx", "rloo_ptx", "ppo_gold", "dpo", "best_of_16", "oracle_best_of_16")
+    for share, d in sorted(runs.items()):
+        sft, cand, rm, ev = read(d / "sft.json"), read(d / "candidates.json"), read(d / "train_rm.json"), read(d / "evaluate.json") or {}
+        if not (sft and cand and rm):
+            continue
+        h = rm["heldout"]
+        s = ev.get("sft", {})
+        row = [f"{share:g}" + (" (default)" if d == m else ""), sft["oracle_score"]["sft"]["mean"], s.get("sampled_oracle_score"),
+               cand["tie_share"], cand["labeler_agreement"], h["pairwise_acc"], h["labeler_agreement"], h["oracle_acc"]]
+        for name in methods:
+            e = ev.get(name) or {}
+            row.append(None if not e else f"{e.get('sampled_oracle_score', e['oracle_score']):.3f} / {e['oracle_score']:.3f}")
+        rows.append(row)
+    if not rows:
+        return "_not run_\n"
+    return table(rows, ["flawed share", "SFT greedy", "SFT sampled", "tied pairs", "labelers agree", "RM acc (labels)",
+                        "labelers' ceiling", "RM vs noiseless (decisive)", *[f"{n} sampled / greedy" for n in methods]]) + "\n"
 
 
 def verdicts12(m: Path) -> str:
@@ -272,7 +308,9 @@ TITLES = {"pretrain": "Pre-training (GPT-1 §3.1)", "finetune": "Fine-tuning (GP
           "verdicts13": "Goals of GPT-1 fine-tuning and GPT-3 few-shot",
           "scaling": "Scaling: in-context learning against model size (make scaling)",
           "verdicts12": "Goals of InstructGPT steps 1-2", "verdicts3": "Goals of InstructGPT step 3 (judged by the oracle)",
-          "seeds": "InstructGPT step 3 over seeds (make rlhf-seeds)"}
+          "seeds": "InstructGPT step 3 over seeds (make rlhf-seeds)",
+          "demo_flaws": "Demonstrations with flaws: what each share gives (rl_eval, oracle)",
+          "overopt": "Over-optimisation (Gao et al. 2022): best-of-n and RL against √KL"}
 
 
 def page(metrics_dir: Path) -> str:

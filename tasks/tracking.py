@@ -89,6 +89,22 @@ def start_parent_run(cfg: Any, name: str, overrides: list[str]) -> str | None:
     return run_id
 
 
+@contextlib.contextmanager
+def parent_run(cfg: Any, name: str, overrides: list[str]):
+    """`start_parent_run` for the length of a flow: yields its id (None when tracking is off) and
+    marks the run FINISHED, or FAILED when the block raises."""
+    run_id = start_parent_run(cfg, name, overrides)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        if run_id:
+            import mlflow
+
+            mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
 def config_params(cfg: Any, sections: list[str] | None = None) -> dict[str, str]:
     """The resolved config (or its `sections`) as flat dotted MLflow params (values capped at 6000 chars)."""
     from omegaconf import OmegaConf
