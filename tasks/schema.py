@@ -365,7 +365,7 @@ class DPOConfig:
     out_dir: str = "models/dpo"
     metrics_file: str = "metrics/dpo.json"
     curve_file: str = "metrics/dpo_curve.csv"  # one row per logged step; eval columns every eval_every steps
-    pairs: str = "all"  # all: C(K,2) pairs per ranking | best_vs_rest: K - 1 pairs of the top response
+    pairs: str = "best_vs_rest"  # all: C(K,2) pairs per ranking | best_vs_rest: K - 1 pairs of the top response
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo
     beta: float = 0.1  # DPO's β (TRL's default 0.1); > 0
     epochs: int = 1  # passes over the training pairs
