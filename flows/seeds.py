@@ -7,8 +7,8 @@
 A single RL run decides nothing: the same commit on two machines moved the gold-reward PPO run's
 oracle score by 0.04, more than most gaps between methods. This flow trains every method of
 `seeds.methods` (PPO variants by name, and `dpo`) once per seed of `seeds.seeds`, from the same
-SFT policy and reward model the pipeline made (its `sft` and `train_rm` stages, brought up to
-date through DVC first), then evaluates each seed's policies with the `evaluate` stage
+SFT policy and reward model the pipeline made (its `sft` and `train_rm` stages, which DVC must
+find up to date: the flow never retrains them), then evaluates each seed's policies with the `evaluate` stage
 (`python -m tasks.evaluate` with that seed's policies and outputs: greedy and sampled, the
 sampling seeded by the run's seed), and `tasks.seeds` pools them with the pipeline's own run (the root seed) into
 `seeds.report_file` and `seeds.table_file`: every method's difference from SFT with its paired
@@ -22,6 +22,7 @@ MLflow: one parent run `seeds`, each stage's run nested under it.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,14 +68,22 @@ def settings(overrides: list[str]) -> dict:
 
 @task(name="prepare")
 def prepare(parent_id: str | None) -> None:
-    """SFT and the reward model through DVC (usually up to date): every seed starts from them."""
-    _run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "train_rm"], stage_env(parent_id), "dvc repro train_rm")
+    """Every seed starts from the pipeline's SFT policy and reward model: DVC must find them up to
+    date (`dvc status`, which reads and never runs, so another run in the workspace is not disturbed)."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "status", "train_rm", "--with-deps", "--json"],
+                          env=stage_env(parent_id), capture_output=True, text=True)
+    stale = json.loads(proc.stdout or "null") if proc.returncode == 0 else None
+    if stale is None:
+        raise StageFailed(f"dvc status train_rm failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    if stale:
+        raise StageFailed(f"stages {', '.join(sorted(stale))} are not up to date: run `make pipeline` (or `dvc repro train_rm`) first")
 
 
 @task(name="method", task_run_name="{method}@{seed}")
-def run_method(method: str, seed: int, overrides: list[str], parent_id: str | None, record: str) -> dict:
+def run_method(method: str, seed: int, overrides: list[str], parent_id: str | None, record: str, want: dict) -> dict:
+    """One (method, seed) run, unless its recorded settings equal `want` (composed in the flow's
+    thread: Hydra's global state is not for threads)."""
     rec = Path(record)
-    want = settings(overrides)
     if rec.exists() and json.loads(rec.read_text()) == want:
         get_run_logger().info("%s@%s: settings unchanged: not run again", method, seed)
         return {"run": f"{method}@{seed}", "ran": False}
@@ -129,7 +138,7 @@ def seeds(overrides: list[str] | None = None) -> dict:
                 before = [runs[i - c]] if c > 0 and i >= c else []
                 ov = overrides + method_overrides(cfg, method, seed)
                 record = f"{cfg.seeds.metrics_dir}/{seed}/{method}.settings.json"
-                runs.append(run_method.submit(method, seed, ov, parent_id, record, wait_for=before))
+                runs.append(run_method.submit(method, seed, ov, parent_id, record, settings(ov), wait_for=before))
                 by_seed.setdefault(seed, []).append(runs[-1])
         evals = [run_evaluate.submit(seed, overrides + evaluate_overrides(cfg, seed), parent_id, wait_for=futs)
                  for seed, futs in by_seed.items()]

@@ -74,3 +74,33 @@ def test_flow_overrides_write_under_the_seed_and_evaluate_only_its_policies():
         check_methods(compose(["seeds.methods=[nope]"]))
     with pytest.raises(ConfigError, match="must be distinct and differ from the pipeline's seed"):
         check_methods(compose(["seeds.seeds=[1337]"]))
+
+
+@pytest.mark.slow
+def test_seeds_flow_trains_each_method_per_seed_and_pools(project, prefect_harness):
+    """Real DVC, Prefect and MLflow on the smoke configuration: refused before the pipeline made SFT
+    and the RM, then each (method, seed) trained once, evaluated and pooled; unchanged: not rerun."""
+    import subprocess
+    import sys
+
+    from conftest import run_cmd
+    from flows.pipeline import StageFailed
+    from flows.seeds import seeds as seeds_flow
+
+    small = ["experiment=smoke", "seeds.seeds=[7]", "seeds.methods=[ppo_ptx,dpo]"]
+    run_cmd([sys.executable, "-m", "tasks.config", "experiment=smoke"], cwd=project)
+    with pytest.raises(StageFailed, match="not up to date: run `make pipeline`"):
+        seeds_flow(small)
+    run_cmd([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=project)
+    result = seeds_flow(small)
+    assert sorted(result["ran"]) == ["dpo@7", "ppo_ptx@7"]
+    root = compose(small).seed
+    rep = json.loads((project / "metrics/rlhf_seeds.json").read_text())
+    assert rep["seeds"] == [root, 7] and rep["pooled"]["ppo_ptx"]["seeds"] == [root, 7] and rep["missing"] == []
+    assert (project / "models/seeds/7/ppo_ptx/model.safetensors").is_file() and (project / "models/seeds/7/dpo").is_dir()
+    ev = json.loads((project / "metrics/seeds/7/evaluate.json").read_text())
+    assert set(ev) >= {"sft", "ppo_ptx", "dpo"} and "ppo" not in ev and "best_of_1" not in ev
+    assert "ppo_ptx" in (project / "metrics/rlhf_seeds.md").read_text()
+    assert seeds_flow(small)["ran"] == []  # settings unchanged: nothing retrained
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True)
+    assert "changed" not in status.stdout  # the flow wrote nothing DVC tracks
