@@ -26,7 +26,7 @@ from tasks.train_rm import split_of
 from tasks.world import oracle
 from tasks.world.instructions import sample_responses
 
-QUICK = ["experiment=smoke", "tracking.enabled=false", "dpo.progress=false", "dpo.batch_size=4", "dpo.eval_prompts=4",
+QUICK = ["experiment=smoke", "tracking.enabled=false", "dpo.progress=false", "dpo.pairs=all", "dpo.batch_size=4", "dpo.eval_prompts=4",
          "dpo.max_new_tokens=8", "dpo.eval_every=4", "dpo.log_every=2", "dpo.ckpt_every=2"]
 
 

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cmd
+from tasks.config import compose
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,7 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     assert isinstance(policy.predict(pd.DataFrame({"prompt": ["Describe the red ball in under 10 words."]}))[0], str)
     pre = by_stage["pretrain"]
     assert pre.data.params["pretrain.max_steps"] == "30" and "model.n_layer" in pre.data.params
-    assert parent.data.params["pretrain.max_steps"] == "30" and parent.data.params["ppo.beta"] == "0.05"  # the parent has them too
+    assert parent.data.params["pretrain.max_steps"] == "30" and parent.data.params["ppo.beta"] == str(compose(["experiment=smoke"]).ppo.beta)  # the parent has them too
     assert "final/val_loss" in pre.data.metrics
     assert len(client.get_metric_history(pre.info.run_id, "train/loss")) >= 5
     assert any(a.path == "checkpoint" for a in client.list_artifacts(pre.info.run_id))

@@ -267,7 +267,7 @@ def test_stage_trains_logs_and_keeps_heldout_prompts_out(ppo_workspace, monkeypa
     assert rows[0].split(",")[:4] == ["update", "episodes", "beta", "rm_score"] and len(rows) == 5
     assert m["updates"] == 4 and m["kl_estimator"] == "k1" and m["eval"]["before"]["update"] == 0
     assert 0 <= m["final"]["oracle_score"] <= 1 and m["final"]["response_len"] <= 8
-    assert m["final"]["beta"] == 0.05 and "ptx_loss" not in m["final"]
+    assert m["final"]["beta"] == compose(QUICK).ppo.beta and "ptx_loss" not in m["final"]
     heldout = {r["id"] for r in ppo.read_prompts("data/raw/instructions/rl_prompts.jsonl",
                                                  {"seed": 1337, "heldout": 0.2, "val": 0.0})[1]}
     assert heldout and prompts_used and not heldout & set(prompts_used)
