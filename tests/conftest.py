@@ -177,7 +177,10 @@ def instruct_data(tmp_path_factory) -> Path:
     from tasks.config import compose
 
     root = tmp_path_factory.mktemp("instruct")
-    data.run(compose(["experiment=smoke", "tracking.enabled=false", "data.corpus_mb=0.05", f"data.out_dir={root}/data/raw"]))
+    # perfect demonstrations: these tests are about the stages' mechanics (tests/test_data.py and
+    # test_world.py cover the flawed ones)
+    data.run(compose(["experiment=smoke", "tracking.enabled=false", "data.corpus_mb=0.05", "data.demo_flaws.share=0",
+                      f"data.out_dir={root}/data/raw"]))
     texts = [r["text"] for r in read_jsonl(root / "data/raw/corpus.jsonl")]
     texts += [r["prompt"] + " " + r.get("response", "") for r in read_jsonl(root / "data/raw/instructions/sft_train.jsonl")]
     tok = Tokenizer.train(texts, vocab_size=600)
