@@ -163,15 +163,21 @@ def scaling(overrides: list[str] | None = None) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def cli(check, run, argv: list[str] | None) -> None:
+    """A flow's command line: `check(argv)` first (fails fast, before Prefect starts), then the flow;
+    a bad setting or a failed stage is one line on stderr and exit status 2; the result as JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        check_sizes(compose(with_experiment(argv)))  # fail fast, with one line, before starting Prefect
-        result = scaling(argv)
+        check(argv)
+        result = run(argv)
     except (ConfigError, StageFailed, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli(lambda a: check_sizes(compose(with_experiment(a))), scaling, argv)
 
 
 if __name__ == "__main__":

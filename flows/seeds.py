@@ -32,9 +32,8 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import StageFailed, stage_env
-from flows.scaling import _run
+from flows.scaling import _run, cli
 from tasks import tracking
-from tasks.common import InputError
 from tasks.config import ConfigError, compose
 
 # what a method's result depends on (the upstream stages' settings included: same settings, same SFT and RM)
@@ -152,14 +151,7 @@ def seeds(overrides: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_methods(compose(argv))  # fail fast, with one line, before starting Prefect
-        result = seeds(argv)
-    except (ConfigError, StageFailed, InputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(result, indent=2, sort_keys=True))
+    cli(lambda a: check_methods(compose(a)), seeds, argv)
 
 
 if __name__ == "__main__":

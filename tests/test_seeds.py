@@ -102,5 +102,6 @@ def test_seeds_flow_trains_each_method_per_seed_and_pools(project, prefect_harne
     assert set(ev) >= {"sft", "ppo_ptx", "dpo"} and "ppo" not in ev and "best_of_1" not in ev
     assert "ppo_ptx" in (project / "metrics/rlhf_seeds.md").read_text()
     assert seeds_flow(small)["ran"] == []  # settings unchanged: nothing retrained
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True)
-    assert "changed" not in status.stdout  # the flow wrote nothing DVC tracks
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "evaluate", "--with-deps"], cwd=project,
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "changed" not in status.stdout  # the flow wrote nothing DVC tracks
