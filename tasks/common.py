@@ -9,11 +9,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import math
 import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """x, or None where it is missing or not finite (JSON has no inf or nan; an empty CSV cell)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def plus_minus(mean: float | None, half: float | None) -> str | None:
+    """"+0.068 ± 0.014" (a difference and its 95% half-width), "+0.068" without one, None without a mean."""
+    return None if mean is None else f"{mean:+.3f} ± {half:.3f}" if half is not None else f"{mean:+.3f}"
 
 
 class InputError(Exception):

@@ -70,7 +70,8 @@ from model.instruct import (MIN_NEW_TOKENS, encode_example, encode_prompt, encod
                             response_logprobs, response_targets)
 from model.reward import RewardModel
 from tasks import tracking
-from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device, torch_threads, write_jsonl)
+from tasks.common import (InputError, atomic_write_json, atomic_write_text, finite_or_none, markdown_table, plus_minus, read_jsonl,
+                          resolve_device, torch_threads, write_jsonl)
 from tasks.config import stage_main
 from tasks.sft import few_shot_context, read_demos, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
@@ -176,19 +177,6 @@ def pick_best(draws: list[list[dict]], key: str, ns: list[int]) -> dict[int, lis
         if j + 1 in ns:
             kept[j + 1] = best
     return kept
-
-
-def best_of_n(model, tok, contexts: list[list[int]], score, ns: list[int], ec: EvaluateConfig) -> dict[int, list[dict]]:
-    """Best-of-n by the reward model: sample max(ns) responses per prompt at temperature 1 (sample
-    j with the generator seeded `ec.seed + j`, all prompts at once) and keep, for each n, the
-    highest `score(texts)` among the first n (the first on ties). -> {n: per prompt the kept
-    `respond` dict with its "rm_score"}."""
-    return pick_best(sample_n(model, tok, contexts, max(ns), ec, score), "rm_score", ns)
-
-
-def finite(x: float | None) -> float | None:
-    """x, or None where it is not a finite number (JSON has no inf or nan)."""
-    return x if x is not None and math.isfinite(x) else None
 
 
 def fit_law(d: list[float], gain: list[float], form: str, baseline: float) -> dict:
@@ -302,8 +290,6 @@ SAMPLED_KEYS = ("sampled_oracle_score", "sampled_perfect_rate", "sampled_rm_scor
 INTERVAL_KEYS = ("oracle_score_diff_vs_sft", "sampled_oracle_score_diff_vs_sft")
 
 
-def _pm(mean: float | None, half: float | None) -> str | None:
-    return None if mean is None else f"{mean:+.3f} ± {half:.3f}" if half is not None else f"{mean:+.3f}"
 
 
 def table_rows(metrics: dict) -> list[dict]:
@@ -315,12 +301,12 @@ def table_rows(metrics: dict) -> list[dict]:
         if not isinstance(m, dict) or "oracle_score" not in m:
             continue
         row = {"policy": name, **{k: m.get(k) for k in TABLE_KEYS[:2]},
-               "oracle_diff_vs_sft (95%)": _pm(m.get("oracle_score_diff_vs_sft"), m.get("oracle_score_diff_vs_sft_ci")),
+               "oracle_diff_vs_sft (95%)": plus_minus(m.get("oracle_score_diff_vs_sft"), m.get("oracle_score_diff_vs_sft_ci")),
                **{k: m.get(k) for k in TABLE_KEYS[2:4]}}
         ci = m.get("decisive_win_rate_vs_sft_ci")
         row["decisive 95% (Wilson)"] = None if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
         row.update({k: m.get(k) for k in SAMPLED_KEYS})
-        row["sampled_diff_vs_sft (95%)"] = _pm(m.get("sampled_oracle_score_diff_vs_sft"), m.get("sampled_oracle_score_diff_vs_sft_ci"))
+        row["sampled_diff_vs_sft (95%)"] = plus_minus(m.get("sampled_oracle_score_diff_vs_sft"), m.get("sampled_oracle_score_diff_vs_sft_ci"))
         row.update({k: m.get(k) for k in TABLE_KEYS[4:]})
         rows.append(row)
     return rows
@@ -419,7 +405,7 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
         samples += [{"prompt_id": r["id"], "policy": name, "response": t, "oracle_score": s, "rm_score": q,
                      **({"sampled_oracle_score": sampled_means[name][i]} if name in sampled_means else {})}
                     for i, (r, t, s, q) in enumerate(zip(rows, texts, scores[name], rms))]
-    bon_points: dict[str, list[tuple[int, float, float, float]]] = {}  # {best_of_n | oracle_best_of_n: [(n, KL, RM, oracle)]}
+    bon_baseline = 0.0
     if ec.best_of_n:
         src = ec.best_of_n_from
         ns = sorted(set(ec.best_of_n))
@@ -430,7 +416,6 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
                 for r, s in zip(rows, d):
                     s["oracle_score"] = oracle_score(r, s["text"])
         for judge, key in (("best_of", "rm_score"), ("oracle_best_of", "oracle_score")):
-            bon_points[f"{judge}_n"] = []
             for k, chosen in pick_best(draws, key, ns).items():
                 name = f"{judge}_{k}"
                 scores[name] = [c["oracle_score"] for c in chosen]
@@ -448,7 +433,6 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
                 if ec.sampled_n:
                     metrics[name].update(sampled_oracle_score=metrics[name]["oracle_score"], sampled_perfect_rate=metrics[name]["perfect_rate"],
                                          sampled_rm_score=metrics[name]["rm_score"], sampled_response_len=metrics[name]["response_len"])
-                bon_points[f"{judge}_n"].append((k, metrics[name]["kl_to_sft"], metrics[name]["rm_score"], metrics[name]["oracle_score"]))
                 samples += [{"prompt_id": r["id"], "policy": name, "response": c["text"], "oracle_score": s, "rm_score": c["rm_score"],
                              **({"sampled_oracle_score": s} if ec.sampled_n else {})}
                             for r, s, c in zip(rows, scores[name], chosen)]
@@ -458,18 +442,19 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
     for name, m in metrics.items():
         m["win_rate_vs_sft"], m["decisive_win_rate_vs_sft"] = win_rates(scores[name], scores[ref])
         diff, half = stats.paired_interval(scores[name], scores[ref])
-        m["oracle_score_diff_vs_sft"], m["oracle_score_diff_vs_sft_ci"] = diff, finite(half)
+        m["oracle_score_diff_vs_sft"], m["oracle_score_diff_vs_sft_ci"] = diff, finite_or_none(half)
         if name in sampled_means and ref in sampled_means:
             diff, half = stats.paired_interval(sampled_means[name], sampled_means[ref])
-            m["sampled_oracle_score_diff_vs_sft"], m["sampled_oracle_score_diff_vs_sft_ci"] = diff, finite(half)
+            m["sampled_oracle_score_diff_vs_sft"], m["sampled_oracle_score_diff_vs_sft_ci"] = diff, finite_or_none(half)
         wins = sum(a > b for a, b in zip(scores[name], scores[ref]))
         losses = sum(a < b for a, b in zip(scores[name], scores[ref]))
         ci = stats.wilson_interval(wins, wins + losses)
         m["decisive_win_rate_vs_sft_ci"] = None if ci is None else list(ci)
     curves = {Path(p).stem.removesuffix("_curve"): read_curve(Path(p)) for p in ec.curves if Path(p).is_file()}
+    bon_points = best_of_n_points(metrics)
     if bon_points or curves:
         bon = {k: [(kl, r, o) for _, kl, r, o in pts] for k, pts in bon_points.items()}
-        metrics["overoptimization"] = overoptimization(bon, bon_baseline if bon_points else 0.0, curves)
+        metrics["overoptimization"] = overoptimization(bon, bon_baseline, curves)
     return metrics, samples, curves
 
 

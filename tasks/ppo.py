@@ -91,7 +91,7 @@ from model.instruct import MIN_NEW_TOKENS, encode_prompt, pad_right, respond, re
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, read_jsonl, resolve_device, torch_threads
+from tasks.common import InputError, atomic_write_json, atomic_write_text, finite_or_none, read_jsonl, resolve_device, torch_threads
 from tasks.config import stage_main
 from tasks.pretrain import load_tokens, step_offsets, window_batch
 from tasks.sft import epoch_order, strict_tokenizer
@@ -278,11 +278,6 @@ class Scorer:
                 self.norm = [s.mean().item(), s.std().item() if s.numel() > 1 and s.std().item() > 1e-6 else 1.0]
             score = (d["oracle_score"] - self.norm[0]) / self.norm[1]
         return score - self.pc.no_eos_penalty * (~batch.eos).float()
-
-
-def finite_or_none(x: float) -> float | None:
-    """None for a NaN (no reward model; constant returns): an empty CSV cell, JSON null."""
-    return x if math.isfinite(x) else None
 
 
 @torch.no_grad()

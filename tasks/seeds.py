@@ -33,7 +33,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from model import stats
-from tasks.common import InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl
+from tasks.common import InputError, atomic_write_json, atomic_write_text, markdown_table, plus_minus, read_jsonl
 from tasks.config import stage_main
 from tasks.schema import SeedsConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
@@ -115,10 +115,6 @@ def verdicts(pooled: dict[str, dict], root_metrics: dict) -> dict:
     return out
 
 
-def _pm(d: float | None, h: float | None) -> str:
-    return "" if d is None else f"{d:+.3f} ± {h:.3f}" if h is not None else f"{d:+.3f}"
-
-
 def table(report: dict) -> str:
     rows = []
     for method, p in report["pooled"].items():
@@ -127,10 +123,10 @@ def table(report: dict) -> str:
         per = report["per_seed"]
         rows.append({
             "method": method, "seeds": len(p["seeds"]),
-            "sampled (T=1)": p.get("sampled"), "sampled − SFT (95%)": _pm(p.get("sampled_diff"), p.get("sampled_diff_ci")),
-            "greedy": p.get("greedy"), "greedy − SFT (95%)": _pm(p.get("greedy_diff"), p.get("greedy_diff_ci")),
+            "sampled (T=1)": p.get("sampled"), "sampled − SFT (95%)": plus_minus(p.get("sampled_diff"), p.get("sampled_diff_ci")),
+            "greedy": p.get("greedy"), "greedy − SFT (95%)": plus_minus(p.get("greedy_diff"), p.get("greedy_diff_ci")),
             "decisive wins": p.get("decisive_win_rate"),
-            "sampled − SFT by seed": " / ".join(_pm(per[str(s)][method].get("sampled_diff"), None) for s in p["seeds"]),
+            "sampled − SFT by seed": " / ".join(plus_minus(per[str(s)][method].get("sampled_diff"), None) or "" for s in p["seeds"]),
         })
     v = report["verdicts"]
     lines = [markdown_table(rows, f"rl_eval, oracle scores; every seed's run from the same SFT policy and reward model; "

@@ -158,7 +158,7 @@ def test_best_of_1_is_plain_sampling_with_the_same_seed(policies):
         calls.append(len(texts))
         return [float(len(t)) for t in texts]
 
-    kept = evaluate.best_of_n(model, tok, contexts, score, [1, 3], ec)
+    kept = evaluate.pick_best(evaluate.sample_n(model, tok, contexts, 3, ec, score), "rm_score", [1, 3])
     plain = evaluate.respond(model, tok, contexts, 8, temperature=1.0, generator=torch.Generator().manual_seed(7))
     assert [k["text"] for k in kept[1]] == [p["text"] for p in plain]
     assert calls == [6, 6, 6]  # 3 samples per prompt, shared by n = 1 and n = 3
