@@ -1,19 +1,28 @@
-"""The GPT model: architecture, sampling, checkpoints (plain PyTorch; `model.hf` for Hugging Face interop)."""
+"""The GPT model: architecture, sampling, checkpoints (plain PyTorch; `model.hf` for Hugging Face interop).
 
-from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from model.generate import GenerateOutput, generate
-from model.gpt import GPT, GPTConfig, KVCache
-from model.load import from_pretrained
+The names below load on first use, so importing one submodule (say `model.errors`) does not
+import torch and every other module: a DVC stage's code deps are what it really runs.
+"""
 
-__all__ = [
-    "GPT",
-    "GPTConfig",
-    "KVCache",
-    "from_pretrained",
-    "generate",
-    "GenerateOutput",
-    "save_checkpoint",
-    "load_checkpoint",
-    "Checkpoint",
-    "CheckpointError",
-]
+from importlib import import_module
+
+_WHERE = {
+    "Checkpoint": "model.checkpoint",
+    "CheckpointError": "model.errors",
+    "load_checkpoint": "model.checkpoint",
+    "save_checkpoint": "model.checkpoint",
+    "GenerateOutput": "model.generate",
+    "generate": "model.generate",
+    "GPT": "model.gpt",
+    "GPTConfig": "model.gpt",
+    "KVCache": "model.gpt",
+    "from_pretrained": "model.load",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.errors import CheckpointError  # noqa: F401  (raised here; callers import it from here too)
 from model.gpt import GPT, GPTConfig
 
 WEIGHTS = "model.safetensors"
@@ -38,9 +39,6 @@ TRAINER = "trainer.pt"
 HEADS = "heads.safetensors"
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight, so never stored
 
-
-class CheckpointError(Exception):
-    """A checkpoint folder or file is missing, truncated or inconsistent. One line naming it."""
 
 
 @dataclass

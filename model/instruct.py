@@ -23,6 +23,8 @@ Shared math (unit-tested against hand-computed values):
 
 from __future__ import annotations
 
+import random
+
 import torch
 from torch.nn import functional as F
 
@@ -167,3 +169,18 @@ def respond(
             out[i] = {"text": decode_response(tok, t), "tokens": t, "logprobs": g.logprobs[j],
                       "eos": bool(t) and t[-1] == tok.eos_id, "cut": cut[i]}
     return out
+
+
+def few_shot_context(tok, prompt: str, kind: str, pool: dict[str, list[dict]], k: int, budget: int,
+                     rng: random.Random) -> tuple[list[int], int]:
+    """Up to k demonstrations of `kind` (each ending in EOS) then the prompt, within `budget` tokens."""
+    query = encode_prompt(tok, prompt)[0]
+    shots, n = [], 0
+    for d in rng.sample(pool.get(kind, []), min(len(pool.get(kind, [])), 4 * k)):
+        if n == k:
+            break
+        demo = encode_prompt(tok, d["prompt"])[0] + encode_response(tok, d["response"])
+        if sum(map(len, shots)) + len(demo) + len(query) <= budget:
+            shots.append(demo)
+            n += 1
+    return [t for s in shots for t in s] + query, n

@@ -34,6 +34,7 @@ Normalisation (what PPO consumes), both numbers stored in the checkpoint's meta.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import torch.nn as nn
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.gpt import GPT
+from model.instruct import pad_right, ranking_loss
 
 HEAD_PREFIX = "reward_head."
 
@@ -176,3 +178,58 @@ class RewardModel(nn.Module):
         model.head.load_state_dict(head)
         model.meta = ckpt.meta
         return model.to(device)
+
+
+# --- the K-way loss over ranked prompts (InstructGPT §3.5) --------------------------------------
+# An item is one ranked prompt: `rows` (prompt + response + EOS per response), `n_prompt` (the
+# prompt's length in each row), `prompt_ids` (the prompt once, for packed rows) and `order` (the
+# labeler's ranking over rows, best first); tasks/train_rm.py's Item.
+
+
+def forward_items(model: RewardModel, items, pad_id: int, device: str, packed: bool = False) -> list[torch.Tensor]:
+    """Raw rewards of every response of `items` -> one (K,) tensor per item. Each response is
+    forwarded once: one row per response, or with `packed` one row per prompt holding the
+    prompt once and its K responses (`model.reward.pack`)."""
+    if packed:
+        p = pack([it.prompt_ids for it in items], [[r[n:] for r, n in zip(it.rows, it.n_prompt)] for it in items], pad_id)
+        p.ids, p.positions, p.segments, p.last = (x.to(device) for x in (p.ids, p.positions, p.segments, p.last))
+        r = model.forward_packed(p)
+    else:
+        ids, lengths = pad_right([row for it in items for row in it.rows], pad_id)
+        n_prompt = torch.tensor([n for it in items for n in it.n_prompt])
+        r = model(ids.to(device), lengths.to(device), n_prompt.to(device))
+    return list(r.split([len(it.rows) for it in items]))
+
+
+def items_loss(rewards: list[torch.Tensor], items) -> tuple[torch.Tensor, float, int]:
+    """The K-way loss averaged over prompts (prompts of equal K batched through `ranking_loss`).
+    -> (loss, pairs ordered right, pairs)."""
+    by_k = defaultdict(list)
+    for i, it in enumerate(items):
+        by_k[len(it.rows)].append(i)
+    loss, right, pairs = 0.0, 0.0, 0
+    for k, idx in by_k.items():
+        r = torch.stack([rewards[i] for i in idx])  # (B_k, K)
+        order = torch.tensor([items[i].order for i in idx], device=r.device)  # (B_k, K)
+        lk, stats = ranking_loss(r, order)
+        n_pairs = len(idx) * k * (k - 1) // 2
+        loss = loss + lk * len(idx)
+        right += stats["acc"].item() * n_pairs
+        pairs += n_pairs
+    return loss / len(items), right, pairs
+
+
+@torch.no_grad()
+def score_items(model: RewardModel, items, pad_id: int, device: str, batch_size: int) -> list[list[float]]:
+    """Raw rewards of every response, eval mode, prompts batched by length (less padding)."""
+    model.eval()
+    out: list[list[float]] = [[] for _ in items]
+    # packed rows compute exactly the unpacked ones when no response needed a shorter prompt
+    same = [all(n == len(it.prompt_ids) for n in it.n_prompt) for it in items]
+    for packed in (True, False):
+        order = sorted((i for i in range(len(items)) if same[i] == packed), key=lambda i: max(map(len, items[i].rows)))
+        for s in range(0, len(order), batch_size):
+            ids = order[s : s + batch_size]
+            for i, r in zip(ids, forward_items(model, [items[i] for i in ids], pad_id, device, packed)):
+                out[i] = r.float().cpu().tolist()
+    return out
