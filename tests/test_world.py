@@ -9,7 +9,7 @@ import random
 import pytest
 
 from tasks import world as W
-from tasks.data import DataConfig, oracle_agreement
+from tasks.data import oracle_agreement
 from tasks.world import baselines as B
 from tasks.world import instructions as I
 from tasks.world import lexicon as L
@@ -135,7 +135,7 @@ def test_agreement_falls_with_noise_and_default_is_73_percent():
     world = W.build(1337, 0, task_sizes={"train": 3, "val": 3, "test": 3}, prompt_sizes=(1, 1),
                     instruction_sizes={"sft_train": 1500, "sft_val": 150, "rl_prompts": 1000, "rl_eval": 200})
     rows = world.instructions["rl_prompts"]  # the default RL prompts
-    curve = [oracle_agreement(rows, n, 1337) for n in (0.0, 0.05, DataConfig.oracle_noise, 0.3, 3.0)]
+    curve = [oracle_agreement(rows, n, 1337) for n in (0.0, 0.05, O.DEFAULT_NOISE, 0.3, 3.0)]
     print("pairwise agreement at noise 0, 0.05, default, 0.3, 3:", [round(x, 3) for x in curve])
     assert curve[0] == 1.0
     assert all(a > b for a, b in zip(curve, curve[1:]))
