@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig, generate, save_checkpoint  # noqa: E402
+from model.checkpoint import save_checkpoint
+from model.generate import generate
+from model.gpt import GPT, GPTConfig
 from model.hf import export_hf  # noqa: E402
 
 CONFIG = GPTConfig(vocab_size=1024, block_size=512, n_layer=4, n_head=4, n_embd=128, dropout=0.0)

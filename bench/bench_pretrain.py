@@ -19,7 +19,8 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+from model.checkpoint import save_checkpoint
+from model.gpt import GPT, GPTConfig
 from model.hf import export_hf  # noqa: E402
 
 

@@ -4,7 +4,7 @@
 
 Both paths score the same items (random token contexts of a 4-shot prompt's length, 1-12
 token choices) with the default tiny model (4 layers, 128 wide, block 128):
-`tasks.prompt_eval.score_choices` packs whole items into `--batch-size` choice rows and runs each
+`model.scoring.score_choices` packs whole items into `--batch-size` choice rows and runs each
 context once (KV cache shared by its choices); the baseline runs one forward pass per
 [context + choice]. Rounds alternate; each figure is the best
 round. Greedy generation is timed the same way (batched left-padded vs one prompt at a time).
@@ -19,8 +19,9 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig, generate  # noqa: E402
-from tasks.prompt_eval import score_choices  # noqa: E402
+from model.generate import generate
+from model.gpt import GPT, GPTConfig
+from model.scoring import score_choices  # noqa: E402
 
 CONFIG = GPTConfig(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
 

@@ -9,8 +9,8 @@ the same generator seed for both; also checks that both sample the same tokens. 
 SFT checkpoint (`--sft`, default models/sft) when it exists, else a random GPT of the default
 shape (4 layers, 128 wide, vocab 1235, block 128).
 
-The update split runs `tasks.ppo`'s own functions, one update of the stage's default shape
-(`--episodes` per update, `PPOConfig`'s epochs and minibatch), on `rl_prompts.jsonl` with the SFT
+The update split runs `model.ppo`, the stage's own algorithm, one update of the stage's default shape
+(`--episodes` per update, conf/ppo.yaml's epochs and minibatch), on `rl_prompts.jsonl` with the SFT
 policy when both exist (responses stop at EOS, as in the stage), once per value model: separate
 (a second network, as `value: rm`) and shared (a head on the policy trunk). Rounds alternate
 between contenders so a busy machine slows each alike; times are medians.
@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig, from_pretrained, generate  # noqa: E402
+from model.generate import generate
+from model.gpt import GPT, GPTConfig
+from model.load import from_pretrained
 from model.reward import RewardModel  # noqa: E402
 
 SHAPE = GPTConfig(vocab_size=1235, block_size=128, n_layer=4, n_head=4, n_embd=128)
@@ -72,11 +74,18 @@ def bench_sampling(model, prompts, new: int, rounds: int) -> None:
 
 
 def bench_update(model, tok, prompts, rows, episodes: int, new: int, rounds: int) -> None:
-    from tasks import ppo
+    from omegaconf import OmegaConf
+
+    from model import ppo
+    from model.instruct import respond
+    from model.train import generator
+    from tasks.config import compose
 
     setups = {}
     for value in ("separate", "shared"):
-        pc = ppo.PPOConfig(value="shared" if value == "shared" else "rm", episodes=episodes, max_new_tokens=new, no_eos_penalty=0.0)
+        overrides = [f"ppo.value={'shared' if value == 'shared' else 'rm'}", f"ppo.episodes={episodes}", f"ppo.max_new_tokens={new}",
+                     "ppo.no_eos_penalty=0.0"]
+        pc = OmegaConf.to_object(compose(overrides).ppo)  # the stage's defaults (conf/ppo.yaml) but for these
         policy = GPT(model.config)
         policy.load_state_dict(model.state_dict())
         ref = GPT(model.config)
@@ -87,10 +96,10 @@ def bench_update(model, tok, prompts, rows, episodes: int, new: int, rounds: int
     times = {v: {"rollout": [], "scoring": [], "training": [], "len": []} for v in setups}
     for r in range(rounds):  # alternate, so a busy machine slows each alike
         for value, (pc, policy, ref, rm, critic, learner) in setups.items():
-            g = ppo.generator(0, ppo.SAMPLE, r)
+            g = generator(0, ppo.SAMPLE, r)
             t0 = time.perf_counter()
             if tok is not None:
-                out = ppo.respond(policy, tok, prompts, new, temperature=1.0, batch_size=episodes, generator=g)
+                out = respond(policy, tok, prompts, new, temperature=1.0, batch_size=episodes, generator=g)
             else:  # a random model never stops: exactly `new` tokens
                 gen = generate(policy, prompts, new, temperature=1.0, generator=g)
                 out = [{"tokens": t, "eos": False, "text": ""} for t in gen.tokens]

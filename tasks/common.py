@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import math
-import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,15 +122,6 @@ def resolve_device(name: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def markdown_table(rows: list[dict], caption: str = "", digits: int = 3) -> str:

@@ -34,22 +34,20 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import tracking
 from tasks.common import InputError, atomic_dir, atomic_write_json, read_jsonl, write_jsonl
 from tasks.config import stage_main
+from tasks.contracts import TASK_FIELDS
 from tasks.world import build
 from tasks.world.baselines import difficulty, majority
-from tasks.world.instructions import ALL_DEFECTS, sample_responses
-from tasks.world.oracle import DEFAULT_NOISE, labeler_agreement
+from tasks.world.instructions import sample_responses
+from tasks.world.oracle import labeler_agreement
 from tasks.world.prompts import PROMPT_TASKS
 from tasks.world.tasks import TASKS
 from tasks.schema import UserTaskConfig, InstructionFilesConfig, DataConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-TASK_FIELDS = {"classification": ("text",), "entailment": ("premise", "hypothesis"),
-               "similarity": ("text_a", "text_b"), "multiple_choice": ("context", "choices")}
 INSTRUCTION_SPLITS = ("sft_train", "sft_val", "rl_prompts", "rl_eval")
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 
@@ -171,8 +169,8 @@ def external_corpus(dc: DataConfig) -> tuple[list[str], list[dict]]:
     elif dc.source == "hf":
         docs = _hf_docs(dc)
         sources = [_source(Path(dc.hf_path).name, str(Path(dc.hf_path).resolve()), docs)]
-    else:
-        raise InputError(f"data.source: unknown source '{dc.source}' (world | pydoc | files | hf)")
+    else:  # the schema allows only the four sources above
+        raise AssertionError(dc.source)
     if dc.max_docs >= 0:
         docs = docs[: dc.max_docs]
     if not docs:
@@ -211,8 +209,6 @@ def user_task(tc: UserTaskConfig, i: int) -> tuple[dict, dict[str, list[dict]]]:
     key = f"data.tasks[{i}]"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", tc.name or "") or tc.name.strip(".") == "":
         raise InputError(f"{key}.name: '{tc.name}' is not a folder name (letters, digits, '_', '-', '.')")
-    if tc.type not in TASK_FIELDS:
-        raise InputError(f"{key}.type: unknown task type '{tc.type}' ({' | '.join(TASK_FIELDS)})")
     mc = tc.type == "multiple_choice"
     labels = [] if mc else [str(x) for x in tc.labels]
     if not mc and (not labels or len(set(labels)) != len(labels)):
@@ -393,25 +389,7 @@ def _log_inputs(sources: list[dict], out_dir: Path, st: dict) -> None:
 
 
 def _check_settings(dc: DataConfig) -> None:
-    if dc.txt_mode not in ("paragraph", "file"):
-        raise InputError(f"data.txt_mode: '{dc.txt_mode}' (paragraph | file)")
-    for key in ("n_train", "n_val", "n_test"):  # every split needs each of up to 4 labels once
-        if getattr(dc, key) < 4:
-            raise InputError(f"data.{key}: {getattr(dc, key)} is too small (at least 4)")
-    for name, sizes in dc.task_sizes.items():
-        if name not in TASKS:
-            raise InputError(f"data.task_sizes.{name}: not a world task (one of {', '.join(TASKS)})")
-        for split in ("train", "val", "test"):
-            n = getattr(sizes, split)
-            if n != -1 and n < 4:
-                raise InputError(f"data.task_sizes.{name}.{split}: {n} is too small (at least 4; -1 = data.n_{split})")
-    if not 0.0 <= dc.demo_flaws.share <= 1.0:
-        raise InputError(f"data.demo_flaws.share: {dc.demo_flaws.share} is not in [0, 1]")
-    for name, w in dc.demo_flaws.mix.items():
-        if name not in ALL_DEFECTS:
-            raise InputError(f"data.demo_flaws.mix.{name}: not a defect (one of {', '.join(ALL_DEFECTS)})")
-        if w < 0:
-            raise InputError(f"data.demo_flaws.mix.{name}: weight {w} is negative")
+    """What the schema's types cannot say (names, ranges and choices are checked there)."""
     if dc.demo_flaws.share > 0 and not any(w > 0 for w in dc.demo_flaws.mix.values()):
         raise InputError("data.demo_flaws.mix: every weight is 0 (give one defect a positive weight, or share 0)")
     for key in ("n_prompt_train", "n_prompt_test", "n_sft_train", "n_sft_val", "n_rl_prompts", "n_rl_eval"):

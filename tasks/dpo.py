@@ -41,35 +41,25 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from model import GPT, load_checkpoint, save_checkpoint, rl, from_pretrained
+from model import rl
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.gpt import GPT
+from model.load import from_pretrained
 from model.instruct import MIN_NEW_TOKENS, encode_example, encode_prompt, pad_right, respond, response_logprobs, response_targets
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
+from model.train import curve_csv, epoch_order, generator, optimizer_step, set_dropout, set_lr, warmup_cosine
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, torch_threads
 from tasks.config import stage_main
-from tasks.ppo import checkpoint_dir, generator, read_prompts, rm_split, same_tokenizer
-from tasks.sft import epoch_order, lr_at, set_dropout, strict_tokenizer  # lr_at: warm-up, then cosine decay (same fields)
-from tasks.train_rm import read_rankings, split_of
+from tasks.inputs import checkpoint_dir, read_prompts, read_rankings, rm_split, same_tokenizer, split_of, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import DPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-PAIRS = ("all", "best_vs_rest")
 
 
 
 # --- input -------------------------------------------------------------------------------------
-
-
-def check_config(dc: DPOConfig) -> None:
-    if dc.beta <= 0:
-        raise InputError(f"dpo.beta={dc.beta}: must be > 0")
-    if dc.loss not in rl.DPO_LOSSES:
-        raise InputError(f"dpo.loss={dc.loss!r}: expected one of {', '.join(rl.DPO_LOSSES)}")
-    if dc.pairs not in PAIRS:
-        raise InputError(f"dpo.pairs={dc.pairs!r}: expected one of {', '.join(PAIRS)}")
-    if dc.batch_size < 1 or dc.epochs < 0:
-        raise InputError(f"dpo.batch_size={dc.batch_size} must be >= 1 and dpo.epochs={dc.epochs} >= 0")
 
 
 def ranked_pairs(ranking: list[int], how: str) -> list[tuple[int, int]]:
@@ -179,16 +169,10 @@ CURVE = ("step", "epoch", "lr", "loss", "reward_acc", "reward_margin", "chosen_r
          "rejected_logp", "kl", "rm_score", "oracle_score", "response_len", "eos_rate", "eval_oracle_score")
 
 
-def write_curve(path: Path, history: list[dict]) -> None:
-    lines = [",".join(CURVE)] + [",".join("" if h.get(k) is None else repr(h[k]) for k in CURVE) for h in history]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 # --- the stage ---------------------------------------------------------------------------------------
 
 
 def train(cfg, dc: DPOConfig, device: str) -> dict:
-    check_config(dc)
     policy_dir = checkpoint_dir(dc.policy, "policy", "sft")
     ref_dir = checkpoint_dir(dc.reference, "reference", "sft")
     if not same_tokenizer(ref_dir / "tokenizer.json", policy_dir / "tokenizer.json"):
@@ -263,20 +247,14 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
         epoch, i = divmod(step, steps_per_epoch)
         order = epoch_order(dc.seed, epoch, len(pairs))
         idx = order[i * dc.batch_size : (i + 1) * dc.batch_size]
-        lr = lr_at(step, total, dc)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = warmup_cosine(step, total, dc.warmup_steps, dc.lr, dc.min_lr)
+        set_lr(opt, lr)
         policy.train()
         chosen, rejected = pair_logprobs(policy, [pairs[j] for j in idx], tok.pad_id, device, mean)
         r = ref_lp[idx].to(device)
         loss, st = rl.dpo_loss(chosen, rejected, r[:, 0], r[:, 1], dc.beta, dc.loss)
-        if not math.isfinite(loss.item()):
-            raise InputError(f"dpo: non-finite loss at step {step + 1}; last good checkpoint kept in {out_dir}")
-        loss.backward()
-        if dc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), dc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, opt, policy.parameters(), dc.grad_clip,
+                       f"dpo: non-finite loss at step {step + 1}; last good checkpoint kept in {out_dir}")
         step += 1
         now = {"loss": loss.item(), "reward_acc": st["reward_acc"].item(), "reward_margin": st["reward_margin"].item(),
                "chosen_reward": st["chosen_reward"].mean().item(), "rejected_reward": st["rejected_reward"].mean().item(),
@@ -314,7 +292,7 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
         "seconds": {"reference_logprobs": ref_seconds, "train": time.perf_counter() - t0},
     }
     atomic_write_json(dc.metrics_file, metrics)
-    write_curve(Path(dc.curve_file), history)
+    atomic_write_text(dc.curve_file, curve_csv(history, CURVE))
     return metrics
 
 

@@ -35,7 +35,7 @@ plain sampling with seed `seed`, and the n's share samples. Per policy:
 - `response_len` (tokens of the greedy response);
 - the alignment tax: `pretrain_val_loss` on fixed windows of the pre-training validation split,
   and `prompt_eval_acc` (mean zero-shot accuracy of the GPT-2/3 prompt tasks, reusing
-  `tasks.prompt_eval`; per task under `prompt_eval`); best-of-n's are its sampled policy's.
+  `tasks.prompting`; per task under `prompt_eval`); best-of-n's are its sampled policy's.
 
 Over-optimisation (Gao, Schulman, Hilton 2022), under the metrics' `overoptimization` key and in
 `overopt_file`: with d = √KL, the oracle-score gain of best-of-n (over the mean oracle score of
@@ -59,23 +59,25 @@ import csv
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from model import load_checkpoint, rl, stats
-from model.instruct import (MIN_NEW_TOKENS, encode_example, encode_prompt, encode_response, pad_right, respond,
+from model import rl, stats
+from model.checkpoint import load_checkpoint
+from model.data import window_batch
+from model.instruct import (MIN_NEW_TOKENS, encode_example, encode_prompt, encode_response, few_shot_context, pad_right, respond,
                             response_logprobs, response_targets)
 from model.reward import RewardModel
 from tasks import tracking
 from tasks.common import (InputError, atomic_write_json, atomic_write_text, finite_or_none, markdown_table, plus_minus, read_jsonl,
                           resolve_device, torch_threads, write_jsonl)
 from tasks.config import stage_main
-from tasks.sft import few_shot_context, read_demos, strict_tokenizer
+from tasks import prompting as pe
+from tasks.inputs import load_tokens, read_demos, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
-from tasks.schema import EvaluateConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
+from tasks.schema import EvaluateConfig, PromptEvalConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 
 
@@ -116,8 +118,6 @@ def rm_scores(rm: RewardModel, tok, prompts: list[str], responses: list[str], ba
 @torch.no_grad()
 def pretrain_val_loss(model, data_dir: Path, n: int, seed: int) -> float:
     """Mean next-token loss on `n` fixed windows of the pre-training validation split."""
-    from tasks.pretrain import load_tokens, window_batch
-
     _, _, val = load_tokens(data_dir)
     T = model.config.block_size
     g = torch.Generator().manual_seed(seed + 1)
@@ -131,10 +131,8 @@ def pretrain_val_loss(model, data_dir: Path, n: int, seed: int) -> float:
 
 
 def zero_shot_tax(model, tok, ec: EvaluateConfig, cfg) -> dict[str, float]:
-    """Zero-shot accuracy per prompt task (the GPT-2 evaluation, `tasks.prompt_eval`)."""
-    from tasks import prompt_eval as pe
-
-    pc: pe.PromptEvalConfig = OmegaConf.to_object(cfg.prompt_eval)
+    """Zero-shot accuracy per prompt task (the GPT-2 evaluation, `tasks.prompting`)."""
+    pc: PromptEvalConfig = OmegaConf.to_object(cfg.prompt_eval)
     pc.shots, pc.max_items, pc.too_long = [0], ec.prompt_eval_items, "skip"
     names = pe.check_config(pc)
     tasks = [pe.load_task(Path(pc.data_dir), n, pc.tasks[n]) for n in names]
@@ -335,8 +333,6 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
         raise InputError(f"evaluate.reference={ec.reference!r} is not one of evaluate.policies ({', '.join(ec.policies)})")
     if ec.best_of_n and (ec.best_of_n_from not in ec.policies or min(ec.best_of_n) < 1):
         raise InputError(f"evaluate.best_of_n={list(ec.best_of_n)} needs n >= 1 and best_of_n_from={ec.best_of_n_from!r} one of evaluate.policies")
-    if ec.sampled_n < 0:
-        raise InputError(f"evaluate.sampled_n={ec.sampled_n} must be >= 0")
     for name, path in ec.policies.items():
         if not Path(path).is_dir():
             raise InputError(f"{path}: checkpoint folder of policy '{name}' not found")

@@ -45,23 +45,24 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from model import GPT, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.gpt import GPT
 from model.heads import TaskHead, TaskModel
 from model.tokenizer import Tokenizer, TokenizerError
+from model.train import optimizer_step, set_lr, warmup_linear, warmup_steps
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, read_json, read_jsonl, resolve_device, torch_threads
 from tasks.config import stage_main
-from tasks.data import TASK_FIELDS as TASK_TYPES  # the data contract: task type -> text fields of a row
+from tasks.contracts import TASK_FIELDS as TASK_TYPES  # the data contract: task type -> text fields of a row
 from tasks.schema import AblationGrid, FinetuneConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-INITS = ("pretrain", "scratch")
 SPLITS = ("train", "val", "test")
 
 
@@ -254,25 +255,15 @@ def lm_key(lm_coef: float) -> str:
 
 def settings(fc: FinetuneConfig) -> list[tuple[str, float]]:
     """The main setting first, then the rest of the init x lm_coef grid."""
-    if fc.special_init not in ("keep", "mean"):
-        raise InputError(f"finetune.special_init={fc.special_init!r}: expected keep or mean")
     main = (fc.init, float(fc.lm_coef))
     grid = [(i, float(c)) for i, c in itertools.product(fc.ablations.init, fc.ablations.lm_coef)]
     out = [main] + [s for s in grid if s != main]
-    for init, coef in out:
-        if init not in INITS:
-            raise InputError(f"finetune init {init!r}: expected one of {', '.join(INITS)}")
-        if coef < 0:
-            raise InputError(f"finetune lm_coef {coef}: must be >= 0")
     return list(dict.fromkeys(out))
 
 
 def lr_at(step: int, total: int, fc: FinetuneConfig) -> float:
     """Linear warm-up over warmup_fraction of the steps, then linear decay to 0."""
-    warmup = max(1, round(fc.warmup_fraction * total))
-    if step < warmup:
-        return fc.lr * (step + 1) / warmup
-    return fc.lr * max(0.0, (total - step) / max(1, total - warmup))
+    return warmup_linear(step, total, warmup_steps(fc.warmup_fraction, total), fc.lr)
 
 
 def macro_f1(pred: torch.Tensor, y: torch.Tensor, k: int) -> float:
@@ -346,18 +337,12 @@ def train_setting(
         for s in range(0, n, fc.batch_size):
             ids = perm[s : s + fc.batch_size]
             idx, lengths = collate([train.views[i] for i in ids], pad_id)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, fc)
+            set_lr(opt, lr_at(step, total, fc))
             logits, l1 = model(idx.to(device), lengths.to(device), lm=lm_coef > 0)
             l2 = F.cross_entropy(logits, y_all[ids].to(device))
             loss = l2 + lm_coef * l1 if l1 is not None else l2
-            if not math.isfinite(loss.item()):
-                raise InputError(f"finetune {task.name} ({init}, lm_coef={lm_coef}): non-finite loss at step {step + 1}; lower finetune.lr")
-            loss.backward()
-            if fc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), fc.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(loss, opt, model.parameters(), fc.grad_clip,
+                           f"finetune {task.name} ({init}, lm_coef={lm_coef}): non-finite loss at step {step + 1}; lower finetune.lr")
             step += 1
             l2_sum += l2.item()
             l1_sum += l1.item() if l1 is not None else 0.0

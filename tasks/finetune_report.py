@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json
 from tasks.config import stage_main
-from tasks.finetune import INITS, FinetuneConfig
+from tasks.contracts import FINETUNE_INITS as INITS
+from tasks.schema import FinetuneConfig
 
 
 def read_metrics(fc: FinetuneConfig) -> dict:

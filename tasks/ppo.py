@@ -72,53 +72,35 @@ Outputs, named by `variant`: `{models_dir}/{variant}/` (checkpoint), `{metrics_d
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from model import GPT, load_checkpoint, save_checkpoint, from_pretrained
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.gpt import GPT
+from model.load import from_pretrained
 from model import rl
 from model.checkpoint import CheckpointError
-from model.instruct import MIN_NEW_TOKENS, encode_prompt, pad_right, respond, response_logprobs, response_targets
+from model.instruct import MIN_NEW_TOKENS, encode_prompt, pad_right, respond
 from model.reward import RewardModel
+from model.data import step_offsets, window_batch
+from model.ppo import PTX, SAMPLE, Batch, Learner, experience, make_batch, optimizers, train_update
 from model.tokenizer import Tokenizer
+from model.train import curve_csv, generator, set_dropout, stream_indices
 from tasks import tracking
-from tasks.common import InputError, atomic_write_json, atomic_write_text, finite_or_none, read_jsonl, resolve_device, torch_threads
+from tasks.common import InputError, atomic_write_json, atomic_write_text, finite_or_none, resolve_device, torch_threads
 from tasks.config import stage_main
-from tasks.pretrain import load_tokens, step_offsets, window_batch
-from tasks.sft import epoch_order, strict_tokenizer
-from tasks.train_rm import split_of
+from tasks.inputs import checkpoint_dir, load_tokens, read_prompts, rm_split, same_tokenizer, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import PPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
-REWARDS = ("rm", "oracle")
-VALUES = ("rm", "sft", "shared")
-ESTIMATORS = ("ppo", *rl.ADVANTAGE_ESTIMATORS)  # ppo: GAE with a critic | rloo, grpo: k samples per prompt, no critic
 VALUE_PREFIX = "value."  # the value model's tensors in the checkpoint's heads.safetensors
 
-
-
-# generator streams: each random draw of an update is a pure function of (seed, stream, index)
-SAMPLE, MINIBATCH, PTX = 1, 2, 3
-
-
-def generator(seed: int, stream: int, index: int, device: str = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + stream * 100_000_007 + index)
-
-
-def episode_prompts(seed: int, update: int, episodes: int, n: int) -> list[int]:
-    """Indices of update's prompts: episodes [update·E, (update+1)·E) of a stream of epoch-wise permutations."""
-    ks = range(update * episodes, (update + 1) * episodes)
-    orders = {e: epoch_order(seed, e, n) for e in {k // n for k in ks}}
-    return [orders[k // n][k % n] for k in ks]
 
 
 # --- config and inputs -------------------------------------------------------------------------
@@ -142,117 +124,15 @@ def grouped(pc: PPOConfig) -> bool:
 
 
 def check_config(pc: PPOConfig) -> None:
-    if pc.beta < 0:
-        raise InputError(f"ppo.beta={pc.beta}: the KL coefficient must be >= 0")
-    if pc.reward not in REWARDS:
-        raise InputError(f"ppo.reward={pc.reward!r}: expected one of {', '.join(REWARDS)}")
-    if pc.value not in VALUES:
-        raise InputError(f"ppo.value={pc.value!r}: expected one of {', '.join(VALUES)}")
-    if pc.kl_estimator not in rl.KL_ESTIMATORS:
-        raise InputError(f"ppo.kl_estimator={pc.kl_estimator!r}: expected one of {', '.join(rl.KL_ESTIMATORS)}")
-    if pc.episodes < 1 or pc.minibatch < 1 or pc.episodes % pc.minibatch:
-        raise InputError(f"ppo.episodes={pc.episodes} must be a positive multiple of ppo.minibatch={pc.minibatch}")
-    if pc.estimator not in ESTIMATORS:
-        raise InputError(f"ppo.estimator={pc.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+    """What the schema's types cannot say: how the settings fit together."""
+    if pc.episodes % pc.minibatch:
+        raise InputError(f"ppo.episodes={pc.episodes} must be a multiple of ppo.minibatch={pc.minibatch}")
     if grouped(pc) and (pc.group_size < 2 or pc.episodes % pc.group_size):
         raise InputError(f"ppo.group_size={pc.group_size}: {pc.estimator} needs >= 2 samples per prompt and "
                          f"ppo.episodes={pc.episodes} a multiple of it")
-    if pc.temperature <= 0:
-        raise InputError(f"ppo.temperature={pc.temperature}: sampling needs a temperature > 0")
-    if pc.ptx_coef < 0 or pc.kl_target < 0 or pc.updates < 0 or pc.max_new_tokens < 1:
-        raise InputError("ppo.ptx_coef, kl_target and updates must be >= 0, max_new_tokens >= 1")
 
 
-def same_tokenizer(a: Path, b: Path) -> bool:
-    return json.loads(a.read_text(encoding="utf-8")) == json.loads(b.read_text(encoding="utf-8"))
-
-
-def checkpoint_dir(path: str, what: str, made_by: str) -> Path:
-    folder = Path(path)
-    if not (folder / "model.safetensors").is_file():
-        raise InputError(f"{folder}: no {what} checkpoint (run the {made_by} stage first)")
-    return folder
-
-
-def rm_split(rm_meta: dict | None, fallback) -> dict:
-    """How train_rm split prompts (seed, heldout, val): from the RM's meta.json (its resolved
-    config), or from this config's train_rm section when no reward model is involved."""
-    if rm_meta is not None:
-        rc = (rm_meta.get("config") or {}).get("train_rm")
-        if not isinstance(rc, dict) or not {"split_seed", "heldout_fraction"} <= set(rc):
-            raise InputError("reward model meta.json records no train_rm split (config.train_rm.split_seed, heldout_fraction)")
-    else:
-        rc = fallback
-    return {"seed": int(rc["split_seed"]), "heldout": float(rc["heldout_fraction"]), "val": float(rc.get("val_fraction", 0.0))}
-
-
-def read_prompts(path: str, split: dict) -> tuple[list[dict], list[dict]]:
-    """(training prompts, held-out prompts): the RM's held-out split is only ever evaluated."""
-    rows = read_jsonl(path)
-    for i, r in enumerate(rows, start=1):
-        if not isinstance(r.get("id"), str) or not isinstance(r.get("prompt"), str):
-            raise InputError(f"{path}: row {i} needs string 'id' and 'prompt'")
-    held = [r for r in rows if split_of(r["id"], split["seed"], split["heldout"], split["val"]) == "heldout"]
-    train = [r for r in rows if split_of(r["id"], split["seed"], split["heldout"], split["val"]) != "heldout"]
-    if not train:
-        raise InputError(f"{path}: no prompts outside the reward model's held-out split")
-    return train, held
-
-
-# --- rollouts ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Episodes as right-padded rows (prompt + response) and response-layout (N, R) tensors:
-    column j is response token j; `pos` is the position in `ids` whose output predicts it."""
-
-    rows: list[dict]
-    texts: list[str]
-    ids: torch.Tensor  # (N, T) right-padded prompt + response
-    lengths: torch.Tensor  # (N,) real tokens per row
-    pos: torch.Tensor  # (N, R)
-    targets: torch.Tensor  # (N, R) response token ids, -100 on padding
-    eos: torch.Tensor  # (N,) bool: the response ended in EOS
-    data: dict[str, torch.Tensor] = field(default_factory=dict)  # scores, log-probs, values, advantages...
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.targets != -100
-
-    def select(self, idx: torch.Tensor) -> Batch:
-        """The rows idx, cut to their longest row and response (less padding to compute)."""
-        T = int(self.lengths[idx].max())
-        R = int(self.mask[idx].sum(1).max())
-        sub = Batch([self.rows[i] for i in idx.tolist()], [self.texts[i] for i in idx.tolist()], self.ids[idx, :T],
-                    self.lengths[idx], self.pos[idx, :R].clamp(max=T - 1), self.targets[idx, :R], self.eos[idx])
-        sub.data = {k: v[idx, :R] if v.dim() == 2 else v[idx] for k, v in self.data.items()}
-        return sub
-
-
-def make_batch(rows: list[dict], prompts: list[list[int]], responses: list[dict], pad_id: int, device: str) -> Batch:
-    ids, lengths = pad_right([p + r["tokens"] for p, r in zip(prompts, responses)], pad_id)
-    n_prompt = torch.tensor([len(p) for p in prompts])
-    T, R = ids.size(1), max(len(r["tokens"]) for r in responses)
-    pos = (n_prompt[:, None] - 1 + torch.arange(R)[None, :]).clamp(max=T - 1)  # (N, R)
-    targets = response_targets(ids, lengths, n_prompt).gather(1, pos)  # -100 past each response
-    eos = torch.tensor([r["eos"] for r in responses])
-    return Batch(rows, [r["text"] for r in responses], ids.to(device), lengths.to(device), pos.to(device),
-                 targets.to(device), eos.to(device))
-
-
-def policy_forward(policy: GPT, batch: Batch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, R, V) at the sampling temperature, trunk states (N, R, C)) at the response positions."""
-    h = policy.hidden_states(batch.ids)  # (N, T, C)
-    h = h.gather(1, batch.pos[..., None].expand(-1, -1, h.size(-1)))  # (N, R, C)
-    return policy.lm_head(h) / temperature, h
-
-
-def value_forward(critic: RewardModel, batch: Batch, h_policy: torch.Tensor | None) -> torch.Tensor:
-    """V (N, R) in normalised reward units: the critic's head on its own trunk, or on the policy's
-    states h_policy when the trunk is shared."""
-    raw = critic.head(h_policy).squeeze(-1) if h_policy is not None else critic.scores(batch.ids).gather(1, batch.pos)
-    return (raw - critic.bias) / critic.std
+# --- rollouts ---------------------------------------------------------------------------------
 
 
 class Scorer:
@@ -280,100 +160,6 @@ class Scorer:
         return score - self.pc.no_eos_penalty * (~batch.eos).float()
 
 
-@torch.no_grad()
-def experience(batch: Batch, policy: GPT, ref: GPT, critic: RewardModel | None, score: torch.Tensor, pc: PPOConfig, beta: float) -> dict:
-    """Fill the batch with old log-probs, reference log-probs, values, advantages and returns
-    for the episodes' scores (N,); -> the rollout's statistics. critic None (rloo, grpo): one
-    advantage per sequence from its group (pc.group_size consecutive rows), no values or returns."""
-    mask, d = batch.mask, batch.data
-    logits, h = policy_forward(policy, batch, pc.temperature)
-    d["old_logprobs"] = response_logprobs(logits, batch.targets)
-    d["ref_logprobs"] = response_logprobs(policy_forward(ref, batch, pc.temperature)[0], batch.targets)
-    k1 = rl.kl_k1(d["old_logprobs"], d["ref_logprobs"], mask)
-    k3 = rl.kl_k3(d["old_logprobs"], d["ref_logprobs"], mask)
-    kl = k1 if pc.kl_estimator == "k1" else k3
-    n = mask.sum(1).float()
-    if critic is None:
-        reward = rl.sequence_rewards(score, kl, mask, beta)
-        d["advantages"] = rl.sequence_advantages(rl.ADVANTAGE_ESTIMATORS[pc.estimator](reward, pc.group_size), mask)
-        return {
-            "score": score.mean().item(), "kl": k1.sum(1).mean().item(), "kl_k3": k3.sum(1).mean().item(),
-            "non_score_reward": (-beta * kl.sum(1)).mean().item(), "reward": reward.mean().item(),
-            "entropy": rl.entropy(logits, mask).item(), "response_len": n.mean().item(), "eos_rate": batch.eos.float().mean().item(),
-            "explained_var": None, "zero_std_share": rl.zero_std_share(score, pc.group_size),
-        }
-    d["old_values"] = value_forward(critic, batch, h if pc.value == "shared" else None) * mask
-    rewards = rl.token_rewards(score, kl, mask, beta)
-    adv, d["returns"] = rl.gae(rewards, d["old_values"], mask, pc.gamma, pc.lam)
-    d["advantages"] = rl.whiten(adv, mask) if pc.whiten else adv
-    return {
-        "score": score.mean().item(), "kl": k1.sum(1).mean().item(), "kl_k3": k3.sum(1).mean().item(),
-        "non_score_reward": (-beta * kl.sum(1)).mean().item(), "reward": rewards.sum(1).mean().item(),
-        "entropy": rl.entropy(logits, mask).item(), "response_len": n.mean().item(), "eos_rate": batch.eos.float().mean().item(),
-        "explained_var": finite_or_none(rl.explained_variance(d["old_values"], d["returns"], mask)),
-        "zero_std_share": None,  # one sample per prompt: no groups
-    }
-
-
-# --- the PPO update ----------------------------------------------------------------------------
-
-
-@dataclass
-class Learner:
-    """What the update trains: the policy, the value model (or head) and their optimizers
-    (critic and value_opt None for the critic-free estimators)."""
-
-    policy: GPT
-    critic: RewardModel | None
-    policy_opt: torch.optim.Optimizer
-    value_opt: torch.optim.Optimizer | None
-    shared: bool
-
-    def value_params(self) -> list[torch.nn.Parameter]:
-        if self.critic is None:
-            return []
-        return list(self.critic.head.parameters()) if self.shared else list(self.critic.parameters())
-
-
-def ppo_step(learner: Learner, mb: Batch, pc: PPOConfig, ptx: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
-    """One gradient step on a minibatch: clipped surrogate + vf_coef · clipped value loss (no value
-    loss without a critic) (+ ptx_coef · next-token loss on the pre-training windows `ptx`)."""
-    mask, d = mb.mask, mb.data
-    critic = learner.critic
-    learner.policy.train()
-    if critic is not None:
-        critic.train()
-    logits, h = policy_forward(learner.policy, mb, pc.temperature)
-    logprobs = response_logprobs(logits, mb.targets)
-    pg_loss, pg = rl.policy_loss(logprobs, d["old_logprobs"], d["advantages"], mask, pc.clip)
-    if critic is not None:
-        values = value_forward(critic, mb, h if learner.shared else None)
-        vf_loss, vf = rl.value_loss(values, d["old_values"], d["returns"], mask, pc.value_clip)
-        loss = pg_loss + pc.vf_coef * vf_loss
-        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clip_frac": pg["clip_frac"].item(),
-                 "approx_kl": pg["approx_kl"].item(), "vf_clip_frac": vf["vf_clip_frac"].item()}
-    else:
-        loss = pg_loss
-        stats = {"policy_loss": pg_loss.item(), "clip_frac": pg["clip_frac"].item(), "approx_kl": pg["approx_kl"].item()}
-    if ptx is not None:
-        _, ptx_loss = learner.policy(ptx[0], ptx[1])
-        loss = loss + pc.ptx_coef * ptx_loss
-        stats["ptx_loss"] = ptx_loss.item()
-    if not math.isfinite(loss.item()):
-        raise InputError(f"ppo: non-finite loss ({loss.item()}); lower ppo.lr")
-    loss.backward()
-    if pc.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(learner.policy.parameters(), pc.grad_clip)
-        if critic is not None:
-            torch.nn.utils.clip_grad_norm_(learner.value_params(), pc.grad_clip)
-    learner.policy_opt.step()
-    if learner.value_opt is not None:
-        learner.value_opt.step()
-    learner.policy_opt.zero_grad(set_to_none=True)
-    if learner.value_opt is not None:
-        learner.value_opt.zero_grad(set_to_none=True)
-    return stats
-
 
 class PtxData:
     """Pre-training windows of train.bin for PPO-ptx, a pure function of (seed, minibatch index)."""
@@ -394,29 +180,7 @@ class PtxData:
         return x.to(self.device), y.to(self.device)
 
 
-def train_update(learner: Learner, batch: Batch, pc: PPOConfig, update: int, ptx: PtxData | None) -> dict[str, float]:
-    """ppo_epochs passes of shuffled minibatches over one rollout batch; mean statistics."""
-    n_mb = pc.episodes // pc.minibatch
-    sums: dict[str, float] = {}
-    for epoch in range(pc.ppo_epochs):
-        order = torch.randperm(pc.episodes, generator=generator(pc.seed, MINIBATCH, update * pc.ppo_epochs + epoch))
-        for m in range(n_mb):
-            idx = order[m * pc.minibatch : (m + 1) * pc.minibatch]
-            windows = ptx.batch((update * pc.ppo_epochs + epoch) * n_mb + m) if ptx is not None else None
-            for k, v in ppo_step(learner, batch.select(idx.to(batch.ids.device)), pc, windows).items():
-                sums[k] = sums.get(k, 0.0) + v
-    return {k: v / (pc.ppo_epochs * n_mb) for k, v in sums.items()}
-
-
 # --- models and state --------------------------------------------------------------------------
-
-
-def no_dropout(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    for blk in getattr(getattr(model, "transformer", None), "h", []):
-        blk.attn.dropout = 0.0
 
 
 def build_critic(pc: PPOConfig, policy: GPT, rm_dir: Path | None, sft: Path, device: str) -> RewardModel:
@@ -425,7 +189,7 @@ def build_critic(pc: PPOConfig, policy: GPT, rm_dir: Path | None, sft: Path, dev
     else:
         critic = RewardModel(policy if pc.value == "shared" else from_pretrained(sft).to(device))
         torch.nn.init.zeros_(critic.head.weight)  # lm-human-preferences: the value head starts at 0
-    no_dropout(critic)
+    set_dropout(critic, 0.0)
     return critic.float().to(device)
 
 
@@ -440,19 +204,6 @@ def load_critic_tensors(critic: RewardModel, tensors: dict[str, torch.Tensor], s
     missing, unexpected = target.load_state_dict(sd, strict=False)
     if [k for k in missing if k != "gpt.lm_head.weight"] or unexpected:
         raise CheckpointError(f"checkpoint {where}: heads.safetensors does not hold this value model (value={'shared' if shared else 'separate'})")
-
-
-def optimizers(policy: GPT, critic: RewardModel | None, pc: PPOConfig, device: str) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-    dev = "cuda" if device.startswith("cuda") else "cpu"
-    policy_opt = policy.configure_optimizers(0.0, pc.lr, (0.9, 0.95), dev)
-    if critic is None:
-        value_opt = None
-    elif pc.value == "shared":
-        value_opt = torch.optim.AdamW(critic.head.parameters(), lr=pc.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    else:
-        value_opt = critic.gpt.configure_optimizers(0.0, pc.value_lr, (0.9, 0.95), dev)
-        value_opt.add_param_group({"params": list(critic.head.parameters()), "weight_decay": 0.0})
-    return policy_opt, value_opt
 
 
 # --- evaluation and logging ------------------------------------------------------------------------
@@ -473,13 +224,6 @@ def evaluate(policy: GPT, tok: Tokenizer, rows: list[dict], prompts: list[list[i
 CURVE = ("update", "episodes", "beta", "rm_score", "oracle_score", "score", "kl", "kl_k3", "non_score_reward", "reward",
          "entropy", "response_len", "eos_rate", "explained_var", "policy_loss", "value_loss", "clip_frac", "approx_kl",
          "vf_clip_frac", "ptx_loss", "zero_std_share", "eval_oracle_score", "eval_rm_score", "eval_eos_rate", "eval_response_len")
-
-
-def write_curve(path: Path, history: list[dict]) -> None:
-    lines = [",".join(CURVE)]
-    for h in history:
-        lines.append(",".join("" if h.get(k) is None else repr(h[k]) for k in CURVE))
-    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def log_samples(batch: Batch, update: int, n: int) -> None:
@@ -532,7 +276,7 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
         raise InputError(f"{out_dir}: trained with ppo.estimator={start.trainer_state.get('estimator', 'ppo')}, "
                          f"cannot resume it with ppo.estimator={pc.estimator}")
     policy = start.model.float()
-    no_dropout(policy)
+    set_dropout(policy, 0.0)
     critic = None if critic_free else build_critic(pc, policy, rm_dir if use_rm else None, sft, device)
     if resume and critic is not None:
         load_critic_tensors(critic, start.extra_tensors, pc.value == "shared", out_dir)
@@ -585,9 +329,9 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
         t0 = time.perf_counter()
         if critic_free:  # episodes / k prompts, each k times in a row: rows i·k .. i·k + k − 1 are one group
             k = pc.group_size
-            idx = [i for i in episode_prompts(pc.seed, update, pc.episodes // k, len(train_rows)) for _ in range(k)]
+            idx = [i for i in stream_indices(pc.seed, update * (pc.episodes // k), pc.episodes // k, len(train_rows)) for _ in range(k)]
         else:
-            idx = episode_prompts(pc.seed, update, pc.episodes, len(train_rows))
+            idx = stream_indices(pc.seed, update * pc.episodes, pc.episodes, len(train_rows))
         rows = [train_rows[i] for i in idx]
         prompts = [prompt_ids[i] for i in idx]
         out = respond(policy, tok, prompts, pc.max_new_tokens, temperature=pc.temperature, batch_size=pc.episodes,
@@ -642,7 +386,7 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
         "seconds_per_update": {k: v / timed for k, v in timing.items()} if timed else None,
     }
     atomic_write_json(metrics_dir / f"{pc.variant}.json", metrics)
-    write_curve(metrics_dir / f"{pc.variant}_curve.csv", history)
+    atomic_write_text(metrics_dir / f"{pc.variant}_curve.csv", curve_csv(history, CURVE))
     return metrics
 
 

@@ -20,25 +20,26 @@ The checkpoint (atomic) holds `trainer.pt` (optimizer, RNG, history) for exact r
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint, from_pretrained
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.gpt import GPT, GPTConfig
+from model.load import from_pretrained
+from model.data import step_offsets, window_batch
+from model.train import apply_gradients, curve_csv, set_lr, warmup_cosine
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device
 from tasks.config import stage_main
+from tasks.inputs import load_tokens
 from tasks.schema import PretrainConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
-
 
 
 class NonFiniteLoss(InputError):
@@ -47,32 +48,7 @@ class NonFiniteLoss(InputError):
 
 def lr_at(step: int, pc: PretrainConfig) -> float:
     """Linear warm-up to `lr`, then cosine decay to `min_lr` at `max_steps`."""
-    if step < pc.warmup_steps:
-        return pc.lr * (step + 1) / pc.warmup_steps
-    progress = (step - pc.warmup_steps) / max(1, pc.max_steps - pc.warmup_steps)
-    return pc.min_lr + 0.5 * (pc.lr - pc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def load_tokens(data_dir: Path) -> tuple[dict, np.memmap, np.memmap]:
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        raise InputError(f"{meta_path}: not found (run the tokenize stage first)")
-    meta = json.loads(meta_path.read_text())
-    bins = [np.memmap(data_dir / f"{s}.bin", dtype=np.dtype(meta["dtype"]), mode="r") for s in ("train", "val")]
-    return meta, bins[0], bins[1]
-
-
-def window_batch(data: np.memmap, offsets: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets for windows starting at `offsets`."""
-    rows = np.stack([np.asarray(data[o : o + T + 1], dtype=np.int64) for o in offsets.tolist()])
-    xy = torch.from_numpy(rows)  # (B, T+1)
-    return xy[:, :-1], xy[:, 1:]
-
-
-def step_offsets(seed: int, step: int, n: int, high: int) -> torch.Tensor:
-    """The global batch of step `step`: a pure function of (seed, step), identical on all ranks."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randint(0, high, (n,), generator=g)
+    return warmup_cosine(step, pc.max_steps, pc.warmup_steps, pc.lr, pc.min_lr)
 
 
 class Trainer:
@@ -171,8 +147,7 @@ class Trainer:
 
     def train_step(self) -> float:
         pc, mb = self.pc, self.pc.micro_batch_size
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, pc)
+        set_lr(self.optimizer, lr_at(self.step, pc))
         offsets = step_offsets(self.cfg.seed, self.step, pc.batch_size, len(self.train_data) - self.T - 1)
         mine = offsets.view(self.world, -1)[self.rank]  # (accum * mb,)
         self.net.train()
@@ -190,10 +165,7 @@ class Trainer:
             raise NonFiniteLoss(
                 f"pretrain: non-finite loss ({loss}) at step {self.step + 1}; last good checkpoint kept in {self.out_dir}"
             )
-        if pc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), pc.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_gradients(self.optimizer, self.model.parameters(), pc.grad_clip)
         self.step += 1
         return loss
 
@@ -244,12 +216,7 @@ class Trainer:
         save_checkpoint(self.out_dir, self.model, meta, tokenizer_path=self.data_dir / "tokenizer.json", trainer_state=state)
 
 
-def write_curve(path: Path, history: list[dict]) -> None:
-    lines = ["step,train_loss,val_loss,val_loss_short"]
-    for h in history:
-        val, short = (h.get(k) for k in ("val_loss", "val_loss_short"))
-        lines.append(f"{h['step']},{h['train_loss']!r},{'' if val is None else repr(val)},{'' if short is None else repr(short)}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+CURVE = ("step", "train_loss", "val_loss", "val_loss_short")  # the curve file's columns
 
 
 def plot_curve(history: list[dict]):
@@ -326,7 +293,7 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
     tr.save(metrics)
     if tr.master:
         atomic_write_json(pc.metrics_file, metrics)
-        write_curve(Path(pc.curve_file), tr.history)
+        atomic_write_text(pc.curve_file, curve_csv(tr.history, CURVE))
     if tr.ddp:
         dist.barrier()
         dist.destroy_process_group()

@@ -1,26 +1,36 @@
 """The results page: every results table generated from `metrics/`, never copied by hand.
 
-    python -m tasks.report                    # metrics/ -> RESULTS.md (also the end of `make pipeline`)
-    python -m tasks.report --check            # exit 1 if RESULTS.md differs from what metrics/ gives (stamp aside)
+    python -m tasks.report                    # metrics/ -> RESULTS.md and the results blocks of README.md, docs/*.md
+    python -m tasks.report --check            # exit 1 if any of them differs from what metrics/ gives (stamp aside)
 
 The page holds numbers only, no timings (those vary run to run): for the same commit and the
 same thread counts the pipeline's numbers are bit-identical, so a fresh `make pipeline` gives
 the same page but for its first lines, the stamp (commit, machine, torch, threads, date).
 A stage whose metrics file is missing is listed as not run.
+
+Each section is also a block: wherever README.md or a page of docs/ holds
+`<!-- results:NAME -->...<!-- /results:NAME -->`, the section NAME replaces its contents, its
+links rewritten for the file's folder, so the docs embed the page's numbers instead of copying them.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
+import math
 import os
 import platform
+import posixpath
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 STAMP_END = "<!-- end of stamp -->"
+STATS = Path("data/raw/stats.json")  # the data stage's counts and word baselines (not in git: `make pipeline` writes it)
 
 
 def read(path: Path) -> dict | None:
@@ -30,7 +40,9 @@ def read(path: Path) -> dict | None:
         return None
 
 
-def table(rows: list[list], header: list[str]) -> str:
+def table(rows: list[list], header: list[str], left: int = 1) -> str:
+    """A markdown table: the first `left` columns aligned left (text), the rest right (numbers)."""
+
     def fmt(v):
         if v is None:
             return "–"
@@ -42,7 +54,7 @@ def table(rows: list[list], header: list[str]) -> str:
             return f"{v:,}"
         return str(v)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -73,9 +85,12 @@ def stamp() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads by default (stage `threads` settings apply); {config}.")
 
 
+SCALING = Path("docs/scaling.md")  # written by `make scaling` (tasks/scaling.py), read here
+
+
 def sections(m: Path) -> dict[str, str]:
-    """The page's sections by name (README blocks `<!-- results:NAME -->` include them)."""
-    secs: dict[str, str] = {}
+    """The page's sections by name (blocks `<!-- results:NAME -->` of README.md and docs/ include them)."""
+    secs: dict[str, str] = {"headline": headline(m)}
     out: list[str] = []
 
     def cut(name: str) -> None:
@@ -131,10 +146,11 @@ def sections(m: Path) -> dict[str, str]:
                       ["loss", "β", "pairs", "train pairs", "steps", "held-out acc vs labels", "vs noiseless oracle", "greedy oracle before",
                        "after", "KL (samples)", "Δ log p chosen", "Δ log p rejected"]), ""]
     cut("instructgpt")
-    secs["verdicts13"] = verdicts13(m)
-    secs["scaling"] = scaling_section(Path("docs/scaling.md"))
-    secs["verdicts12"] = verdicts12(m)
-    secs["verdicts3"] = verdicts3(m)
+    secs["verdicts_gpt1"] = verdicts_gpt1(m)
+    secs["verdicts_prompting"] = verdicts_prompting(m)
+    secs["scaling"] = scaling_section(SCALING)
+    secs["verdicts_sft_rm"] = verdicts_sft_rm(m)
+    secs["verdicts_rlhf"] = verdicts_rlhf(m)
     secs["demo_flaws"] = demo_flaws_sweep(m)
     secs["overopt"] = ("![over-optimisation](metrics/overoptimization.png)\n\n" + include(m / "overoptimization.md") + "\n"
                        if (m / "overoptimization.md").is_file() else "_not run_\n")
@@ -146,13 +162,25 @@ def met(ok: bool | None) -> str:
     return "–" if ok is None else ("met" if ok else "**NOT met**")
 
 
-def verdicts13(m: Path, stats_file: Path = Path("data/raw/stats.json")) -> str:
-    """GPT-1's fine-tuning and GPT-3's few-shot goals, judged from the metrics: each task fine-tuned
-    from pre-training beats its zero-shot score, its word baseline and scratch by 3 points (or
-    reaches 99%); few-shot beats zero-shot beyond its paired 95% interval on most prompt tasks."""
+@dataclass
+class Goal:
+    """A goal set for a paper's claim, judged from the metrics; ok is None when it cannot be judged."""
+
+    goal: str
+    measured: str
+    ok: bool | None
+
+
+def goals_table(goals: list[Goal]) -> str:
+    return table([[g.goal, g.measured, met(g.ok)] for g in goals], ["goal", "measured", "verdict"])
+
+
+def finetune_goals(m: Path, stats_file: Path = STATS) -> dict[str, dict]:
+    """GPT-1: each task fine-tuned from pre-training (λ = 0.5) beats its zero-shot score, its word
+    baseline and scratch by 3 points (or reaches 99%). {task: {"acc", "bars": {name: acc}, "ok"}}, test accuracy 0-1."""
     ft, pe, st = read(m / "finetune.json"), read(m / "prompt_eval.json"), read(stats_file)
     zero = (pe or {}).get("pretrain", {})
-    rows = []
+    out = {}
     for task, by_init in (ft or {}).items():
         mine = by_init.get("pretrain", {}).get("lm0.5", {}).get("test_acc")
         scratch = by_init.get("scratch", {}).get("lm0.5", {}).get("test_acc")
@@ -162,27 +190,204 @@ def verdicts13(m: Path, stats_file: Path = Path("data/raw/stats.json")) -> str:
         diff = ((st or {}).get("tasks", {}).get(task, {}).get("difficulty") or {})
         base = max((v for k, v in diff.items() if k not in ("chance", "majority")), default=None)
         bars = {"zero-shot": z, "baseline": base, "scratch": scratch}
-        ok = mine >= 0.99 or all(v is not None and mine >= v + 0.03 for v in bars.values())
-        rows.append([task, f"{100 * mine:.1f}"] + ["–" if v is None else f"{100 * v:.1f}" for v in bars.values()] + [met(ok)])
-    lines = []
-    if rows:
-        lines += ["Fine-tuned from pre-training (λ = 0.5, test %) against the bars it must clear by 3 points (or reach 99%): "
-                  "the pre-trained model prompted zero-shot (prompt_eval k=0, its own items), the best word baseline of "
-                  "`data/raw/stats.json` (bag of words, or word overlap for story cloze) and the same fine-tuning from scratch.", "",
-                  table(rows, ["task", "fine-tuned", "zero-shot", "baseline", "scratch", "verdict"]), ""]
-    if zero:
-        ks = sorted({int(k[1:]) for by_k in zero.values() for k in by_k})
-        top = ks[-1]
-        at_top = {t: by_k[f"k{top}"] for t, by_k in zero.items() if f"k{top}" in by_k}
-        gains = {t: g for t, g in at_top.items() if "gain" in g}
-        above = [t for t, g in gains.items() if g["gain"] > g["gain_ci95"]]
-        trunc = sum(g.get("truncated", 0) for g in at_top.values())
-        n = sum(g.get("n", 0) for g in at_top.values())
-        lines += [table([[f"k={top} contexts truncated (all prompt tasks)", f"{trunc} of {n}", met(trunc <= 0.02 * n)],
-                         [f"few-shot (k={top}) above zero-shot beyond the paired 95% interval on most tasks",
-                          f"{len(above)} of {len(gains)}" + (f": {', '.join(above)}" if above else ""), met(len(above) > len(gains) / 2)]],
-                        ["goal", "measured", "verdict"]), ""]
-    return "\n".join(lines) + "\n" if lines else "_not run_\n"
+        out[task] = {"acc": mine, "bars": bars, "ok": mine >= 0.99 or all(v is not None and mine >= v + 0.03 for v in bars.values())}
+    return out
+
+
+def verdicts_gpt1(m: Path, stats_file: Path = STATS) -> str:
+    """GPT-1's fine-tuning goal, task by task."""
+    goals = finetune_goals(m, stats_file)
+    if not goals:
+        return "_not run_\n"
+    rows = [[task, f"{100 * g['acc']:.1f}"] + ["–" if v is None else f"{100 * v:.1f}" for v in g["bars"].values()] + [met(g["ok"])]
+            for task, g in goals.items()]
+    return ("Fine-tuned from pre-training (λ = 0.5, test %) against the bars it must clear by 3 points (or reach 99%): "
+            "the pre-trained model prompted zero-shot (prompt_eval k=0, its own items), the best word baseline of "
+            "`data/raw/stats.json` (bag of words, or word overlap for story cloze) and the same fine-tuning from scratch.\n\n"
+            + table(rows, ["task", "fine-tuned", "zero-shot", "baseline", "scratch", "verdict"]) + "\n")
+
+
+def lm_coef_goal(m: Path) -> Goal:
+    """GPT-1's auxiliary LM loss: fine-tuning from pre-training with λ = 0.5 against λ = 0, when the grid ran both."""
+    diffs = [p["lm0.5"]["test_acc"] - p["lm0.0"]["test_acc"] for by_init in (read(m / "finetune.json") or {}).values()
+             if "lm0.0" in (p := by_init.get("pretrain", {})) and "lm0.5" in p]
+    goal = "mean test accuracy of the tasks higher with the auxiliary LM loss (λ = 0.5) than without (λ = 0)"
+    if not diffs:
+        return Goal(goal, "not in the default grid: `finetune.ablations.lm_coef=[0.0,0.5]`", None)
+    mean = sum(diffs) / len(diffs)
+    return Goal(goal, f"{100 * mean:+.1f} points, mean of {len(diffs)} tasks", mean > 0)
+
+
+def prompting_goals(m: Path) -> dict[str, Goal]:
+    """GPT-2's zero-shot and GPT-3's few-shot claims, on the pre-trained model's prompt tasks."""
+    zero = (read(m / "prompt_eval.json") or {}).get("pretrain", {})
+    if not zero:
+        return {}
+    k0 = {t: by_k["k0"] for t, by_k in zero.items() if by_k.get("k0", {}).get("chance") is not None}
+    # above chance beyond the 95% half-width of a binomial at chance (exact match: chance 0, so any hit counts)
+    hits = [t for t, r in k0.items() if r["acc"] > r["chance"] + 1.96 * math.sqrt(r["chance"] * (1 - r["chance"]) / max(r["n"], 1))]
+    misses = [t for t in k0 if t not in hits]
+    goals = {"zero_shot": Goal("zero-shot (k=0) above chance beyond its 95% binomial interval on most tasks (exact match for generate tasks, chance 0)",
+                               f"{len(hits)} of {len(k0)}" + (f"; not: {', '.join(misses)}" if misses else ""), len(hits) > len(k0) / 2 if k0 else None)}
+    ks = sorted({int(k[1:]) for by_k in zero.values() for k in by_k})
+    top = ks[-1]
+    at_top = {t: by_k[f"k{top}"] for t, by_k in zero.items() if f"k{top}" in by_k}
+    gains = {t: g for t, g in at_top.items() if "gain" in g}
+    above = [t for t, g in gains.items() if g["gain"] > g["gain_ci95"]]
+    trunc = sum(g.get("truncated", 0) for g in at_top.values())
+    n = sum(g.get("n", 0) for g in at_top.values())
+    goals["truncation"] = Goal(f"k={top} contexts truncated (all prompt tasks)", f"{trunc} of {n}", trunc <= 0.02 * n)
+    goals["few_shot"] = Goal(f"few-shot (k={top}) above zero-shot beyond the paired 95% interval on most tasks",
+                             f"{len(above)} of {len(gains)}" + (f": {', '.join(above)}" if above else ""), len(above) > len(gains) / 2)
+    return goals
+
+
+def verdicts_prompting(m: Path) -> str:
+    goals = prompting_goals(m)
+    return goals_table(list(goals.values())) + "\n" if goals else "_not run_\n"
+
+
+def scaling_goal(path: Path = SCALING) -> Goal | None:
+    """GPT-3: the few-shot gain grows with model size, read from the summary table `make scaling` wrote."""
+    if not path.is_file():
+        return None
+    rows = [line.strip().strip("|").split("|") for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    head = next((i for i, r in enumerate(rows) if r[0].strip() == "size"), None)
+    if head is None:
+        return None
+    cols = [c.strip() for c in rows[head]]
+    gain = next((i for i, c in enumerate(cols) if c.startswith("mean gain")), None)
+    if gain is None or "non-embedding params" not in cols:
+        return None
+    body = []
+    for r in rows[head + 2:]:
+        if len(r) != len(cols):
+            break  # the next table
+        body.append((r[cols.index("non-embedding params")].strip(), float(r[gain])))
+    if len(body) < 2:
+        return None
+    return Goal(f"{cols[gain]} rises with every larger size",
+                " / ".join(f"{g:+.3f}" for _, g in body) + " at " + " / ".join(p for p, _ in body) + " non-embedding parameters",
+                all(b[1] > a[1] for a, b in itertools.pairwise(body)))
+
+
+def sft_rm_goals(m: Path) -> dict[str, Goal]:
+    """The goals of InstructGPT steps 1-2."""
+    sft, rm, cand = read(m / "sft.json"), read(m / "train_rm.json"), read(m / "candidates.json")
+    goals = {}
+    if sft:
+        s = sft["oracle_score"]["sft"]
+        goals["sft"] = Goal("SFT mean oracle score ≥ 0.80 with EOS on ≥ 99% (rl_eval)", f"{s['mean']:.3f}, EOS {s['eos_rate']:.3f}",
+                            s["mean"] >= 0.80 and s["eos_rate"] >= 0.99)
+    if cand:
+        a = cand["labeler_agreement"]
+        goals["labelers"] = Goal("Two oracle labelers agree on about 73% of the SFT candidates' pairs (InstructGPT's inter-labeler agreement; ±3 points)",
+                                 f"{a:.3f} (pairs tied on the true score {cand['tie_share']:.3f})", abs(a - 0.73) <= 0.03)
+    if rm and rm.get("heldout"):
+        h = rm["heldout"]
+        goals["rm_labels"] = Goal("RM held-out accuracy within 2 points of the labelers' agreement",
+                                  f"{h['pairwise_acc']:.3f} vs {h['labeler_agreement']:.3f}", h["pairwise_acc"] >= h["labeler_agreement"] - 0.02)
+        goals["rm_oracle"] = Goal("RM accuracy vs the noiseless oracle ≥ 0.85 (held-out pairs whose true scores differ)",
+                                  f"{h['oracle_acc']:.3f} on {h.get('oracle_pairs', '?')} decisive pairs", h["oracle_acc"] >= 0.85)
+    return goals
+
+
+def verdicts_sft_rm(m: Path) -> str:
+    goals = sft_rm_goals(m)
+    return goals_table(list(goals.values())) + "\n" if goals else "_not run_\n"
+
+
+def rlhf_goals(m: Path) -> dict[str, Goal]:
+    """The goals of InstructGPT step 3, judged by the oracle (pooled over seeds when `make rlhf-seeds` ran)."""
+    ev = read(m / "evaluate.json")
+    if not ev or "sft" not in ev:
+        return {}
+    goals = {}
+    seeds = read(m / "rlhf_seeds.json")
+    v = (seeds or {}).get("verdicts") or {}
+    n_seeds = len((seeds or {}).get("seeds", []))
+    src = f"{n_seeds} seeds pooled, `make rlhf-seeds`" if n_seeds > 1 else "one seed: `make rlhf-seeds` runs the others"
+    s = ev["sft"]
+    if "ppo_ptx" in ev and "sampled_oracle_score" in s and "oracle_best_of_16" in ev:
+        p, bo = ev["ppo_ptx"], ev["oracle_best_of_16"]["oracle_score"]
+        need = 0.5 * (bo - s["sampled_oracle_score"])
+        g = v.get("sampled_gain") or {"gain": p["sampled_oracle_score_diff_vs_sft"], "ci": p.get("sampled_oracle_score_diff_vs_sft_ci") or 0.0}
+        goals["sampled_gain"] = Goal(f"PPO-ptx sampled (T=1) ≥ SFT + ½(oracle best-of-16 of SFT − SFT), interval above SFT ({src})",
+                                     f"gain {g['gain']:+.3f} ± {g['ci']:.3f} vs {need:+.3f} needed (SFT {s['sampled_oracle_score']:.3f}, "
+                                     f"best-of-16 {bo:.3f})", g["gain"] >= need and g["gain"] - g["ci"] > 0)
+        w = v.get("greedy_wins") or {"decisive_win_rate": p.get("decisive_win_rate_vs_sft"), "greedy_diff": p["oracle_score_diff_vs_sft"],
+                                     "greedy_diff_ci": p.get("oracle_score_diff_vs_sft_ci") or 0.0}
+        d = w["decisive_win_rate"]
+        goals["greedy_wins"] = Goal(f"PPO-ptx greedy wins ≥ 75% of the prompts where it and SFT differ, interval above SFT ({src})",
+                                    "–" if d is None else f"{d:.3f}; greedy {w['greedy_diff']:+.3f} ± {w['greedy_diff_ci']:.3f}",
+                                    None if d is None else d >= 0.75 and w["greedy_diff"] - w["greedy_diff_ci"] > 0)
+        if "ppo_gold" in ev:
+            r = v.get("recovers_gold") or {"gain": p["sampled_oracle_score_diff_vs_sft"], "gold_gain": ev["ppo_gold"]["sampled_oracle_score_diff_vs_sft"]}
+            goals["recovers_gold"] = Goal(f"PPO-ptx recovers ≥ ½ of the gold-reward run's sampled gain ({src})",
+                                          f"{r['gain']:+.3f} vs gold {r['gold_gain']:+.3f}", r["gold_gain"] > 0 and r["gain"] >= 0.5 * r["gold_gain"])
+    for name in ("ppo", "ppo_ptx"):
+        c = read(m / "ppo" / f"{name}.json")
+        if c and c["eval"]["before"] and c["eval"]["after"] and c["eval"]["before"].get("rm_score") is not None:
+            b, a = c["eval"]["before"], c["eval"]["after"]
+            drm, dor = a["rm_score"] - b["rm_score"], a["oracle_score"] - b["oracle_score"]
+            goals[f"rm_oracle_{name}"] = Goal(f"{name}: the oracle score rises with the RM score (RM's held-out prompts, greedy)",
+                                              f"RM {drm:+.3f}, oracle {dor:+.3f}", drm > 0 and dor > 0)
+    base = ev.get("pretrain_few_shot")
+    if base and "ppo" in ev and "ppo_ptx" in ev:
+        tax = {n: (ev[n]["pretrain_val_loss"] - base["pretrain_val_loss"], base.get("prompt_eval_acc", 0) - ev[n].get("prompt_eval_acc", 0))
+               for n in ("ppo", "ppo_ptx")}
+        goals["tax_loss"] = Goal("PPO-ptx's pre-training loss regression smaller than PPO's", f"{tax['ppo_ptx'][0]:+.3f} vs {tax['ppo'][0]:+.3f}",
+                                 tax["ppo_ptx"][0] < tax["ppo"][0])
+        goals["tax_prompt_eval"] = Goal("PPO-ptx's prompt-eval drop smaller than PPO's", f"{tax['ppo_ptx'][1]:+.3f} vs {tax['ppo'][1]:+.3f}",
+                                        tax["ppo_ptx"][1] < tax["ppo"][1])
+    return goals
+
+
+def verdicts_rlhf(m: Path) -> str:
+    """Step 3's goals, and every method's oracle score against its KL to SFT."""
+    ev = read(m / "evaluate.json")
+    if not ev or "sft" not in ev:
+        return "_not run_\n"
+    methods = sorted(((n, e["kl_to_sft"], e["oracle_score"]) for n, e in ev.items()
+                      if n not in ("pretrain_few_shot",) and isinstance(e, dict) and "kl_to_sft" in e),  # policies, not `overoptimization`
+                     key=lambda x: x[1])
+    return (goals_table(list(rlhf_goals(m).values())) + "\n\nOracle score against KL to SFT, every method (lowest KL first): "
+            + "; ".join(f"{n} {o:.3f} at KL {k:.2f}" for n, k, o in methods) + ".\n")
+
+
+def headline(m: Path, stats_file: Path = STATS, scaling: Path = SCALING) -> str:
+    """One row per claim of the papers with its verdict: the goals of the sections below, each linked."""
+    ft, pr, sr, rl = finetune_goals(m, stats_file), prompting_goals(m), sft_rm_goals(m), rlhf_goals(m)
+    rows = []
+
+    def row(claim: str, paper: str, section: str, parts: list[tuple[str, Goal | None]]) -> None:
+        parts = [(label, g) for label, g in parts if g is not None]
+        ok = None if not parts or any(g.ok is None for _, g in parts) else all(g.ok for _, g in parts)
+        measured = "; ".join(f"{label}{g.measured}" for label, g in parts) if parts else "not run"
+        rows.append([f"[{claim}](RESULTS.md#{slug(TITLES[section])})", paper, measured, met(ok)])
+
+    ft_goal = None
+    if ft:
+        gaps = [100 * (g["acc"] - g["bars"]["scratch"]) for g in ft.values() if g["bars"]["scratch"] is not None]
+        ft_goal = Goal("", f"{sum(g['ok'] for g in ft.values())} of {len(ft)} tasks beat zero-shot, a word baseline and scratch by 3 points"
+                       + (f"; mean +{sum(gaps) / len(gaps):.1f} points over scratch" if gaps else ""), all(g["ok"] for g in ft.values()))
+    row("Pre-training helps fine-tuning", "GPT-1", "verdicts_gpt1", [("", ft_goal)])
+    row("The auxiliary LM loss helps fine-tuning", "GPT-1", "finetune", [("", lm_coef_goal(m))])
+    row("A pre-trained LM does tasks zero-shot", "GPT-2", "verdicts_prompting", [("above chance on ", pr.get("zero_shot"))])
+    row("Few-shot beats zero-shot", "GPT-3", "verdicts_prompting", [("beyond noise on ", pr.get("few_shot"))])
+    row("In-context learning grows with model size", "GPT-3", "scaling", [("gain ", scaling_goal(scaling))])
+    row("SFT follows instructions (oracle ≥ 0.80)", "InstructGPT step 1", "verdicts_sft_rm", [("", sr.get("sft"))])
+    row("The reward model agrees with held-out rankings", "InstructGPT step 2", "verdicts_sft_rm",
+        [("accuracy vs the labelers' agreement: ", sr.get("rm_labels")), ("vs the noiseless oracle (goal 0.85): ", sr.get("rm_oracle"))])
+    row("PPO-ptx is preferred to SFT (≥ 75% of decisive prompts)", "InstructGPT step 3", "verdicts_rlhf", [("decisive wins ", rl.get("greedy_wins"))])
+    row("PPO-ptx closes half of SFT's best-of-16 headroom", "InstructGPT step 3", "verdicts_rlhf", [("sampled ", rl.get("sampled_gain"))])
+    row("A learned reward gets half of the true reward's gain", "InstructGPT step 3", "verdicts_rlhf", [("PPO-ptx ", rl.get("recovers_gold"))])
+    row("Optimising the reward model raises the true score", "InstructGPT step 3", "verdicts_rlhf",
+        [("PPO: ", rl.get("rm_oracle_ppo")), ("PPO-ptx: ", rl.get("rm_oracle_ppo_ptx"))])
+    row("The pre-training mix (ptx) cuts the alignment tax", "InstructGPT step 3", "verdicts_rlhf",
+        [("LM loss regression, PPO-ptx vs PPO: ", rl.get("tax_loss")), ("prompt-eval drop: ", rl.get("tax_prompt_eval"))])
+    return ("Each claim is judged by the goals of the section it links to, from `metrics/` (a comparison is met only where "
+            "its 95% interval clears).\n\n" + table(rows, ["claim", "paper", "measured", "verdict"], left=3) + "\n")
 
 
 def scaling_section(path: Path) -> str:
@@ -196,7 +401,7 @@ def scaling_section(path: Path) -> str:
 
 def demo_flaws_sweep(m: Path, sweep: Path = Path("metrics/demo_flaws")) -> str:
     """The demonstration-flaw sweep: the default run (m) beside each `<sweep>/<share>/` folder, the
-    same stages' metrics files from a run at that `data.demo_flaws.share` (README, "Demonstrations")."""
+    same stages' metrics files from a run at that `data.demo_flaws.share` (docs/data.md, "Demonstrations")."""
     import yaml
 
     runs = {}
@@ -227,110 +432,93 @@ def demo_flaws_sweep(m: Path, sweep: Path = Path("metrics/demo_flaws")) -> str:
                         "labelers' ceiling", "RM vs noiseless (decisive)", *[f"{n} sampled / greedy" for n in methods]]) + "\n"
 
 
-def verdicts12(m: Path) -> str:
-    """The goals of InstructGPT steps 1-2, judged from the metrics."""
-    sft, rm, cand = read(m / "sft.json"), read(m / "train_rm.json"), read(m / "candidates.json")
-    rows = []
-    if sft:
-        s = sft["oracle_score"]["sft"]
-        rows.append(["SFT mean oracle score ≥ 0.80 with EOS on ≥ 99% (rl_eval)", f"{s['mean']:.3f}, EOS {s['eos_rate']:.3f}",
-                     met(s["mean"] >= 0.80 and s["eos_rate"] >= 0.99)])
-    if cand:
-        a = cand["labeler_agreement"]
-        rows.append(["Two oracle labelers agree on about 73% of the SFT candidates' pairs (InstructGPT's inter-labeler agreement; ±3 points)",
-                     f"{a:.3f} (pairs tied on the true score {cand['tie_share']:.3f})", met(abs(a - 0.73) <= 0.03)])
-    if rm and rm.get("heldout"):
-        h = rm["heldout"]
-        rows.append(["RM held-out accuracy within 2 points of the labelers' agreement",
-                     f"{h['pairwise_acc']:.3f} vs {h['labeler_agreement']:.3f}", met(h["pairwise_acc"] >= h["labeler_agreement"] - 0.02)])
-        rows.append(["RM accuracy vs the noiseless oracle ≥ 0.85 (held-out pairs whose true scores differ)",
-                     f"{h['oracle_acc']:.3f} on {h.get('oracle_pairs', '?')} decisive pairs", met(h["oracle_acc"] >= 0.85)])
-    return table(rows, ["goal", "measured", "verdict"]) + "\n" if rows else "_not run_\n"
-
-
-def verdicts3(m: Path) -> str:
-    """The goals of InstructGPT step 3 (and the DPO / best-of-n comparison), judged from the metrics."""
-    ev = read(m / "evaluate.json")
-    if not ev or "sft" not in ev:
-        return "_not run_\n"
-    rows = []
-    seeds = read(m / "rlhf_seeds.json")
-    v = (seeds or {}).get("verdicts") or {}
-    n_seeds = len((seeds or {}).get("seeds", []))
-    src = f"{n_seeds} seeds pooled, `make rlhf-seeds`" if n_seeds > 1 else "one seed: `make rlhf-seeds` runs the others"
-    s = ev["sft"]
-    if "ppo_ptx" in ev and "sampled_oracle_score" in s and "oracle_best_of_16" in ev:
-        p, bo = ev["ppo_ptx"], ev["oracle_best_of_16"]["oracle_score"]
-        need = 0.5 * (bo - s["sampled_oracle_score"])
-        g = v.get("sampled_gain") or {"gain": p["sampled_oracle_score_diff_vs_sft"], "ci": p.get("sampled_oracle_score_diff_vs_sft_ci") or 0.0}
-        ok = g["gain"] >= need and g["gain"] - g["ci"] > 0
-        rows.append([f"PPO-ptx sampled (T=1) ≥ SFT + ½(oracle best-of-16 of SFT − SFT), interval above SFT ({src})",
-                     f"gain {g['gain']:+.3f} ± {g['ci']:.3f} vs {need:+.3f} needed (SFT {s['sampled_oracle_score']:.3f}, "
-                     f"best-of-16 {bo:.3f})", met(ok)])
-        w = v.get("greedy_wins") or {"decisive_win_rate": p.get("decisive_win_rate_vs_sft"), "greedy_diff": p["oracle_score_diff_vs_sft"],
-                                     "greedy_diff_ci": p.get("oracle_score_diff_vs_sft_ci") or 0.0}
-        d = w["decisive_win_rate"]
-        rows.append([f"PPO-ptx greedy wins ≥ 75% of the prompts where it and SFT differ, interval above SFT ({src})",
-                     "–" if d is None else f"{d:.3f}; greedy {w['greedy_diff']:+.3f} ± {w['greedy_diff_ci']:.3f}",
-                     met(None if d is None else d >= 0.75 and w["greedy_diff"] - w["greedy_diff_ci"] > 0)])
-        if "ppo_gold" in ev:
-            r = v.get("recovers_gold") or {"gain": p["sampled_oracle_score_diff_vs_sft"], "gold_gain": ev["ppo_gold"]["sampled_oracle_score_diff_vs_sft"]}
-            rows.append([f"PPO-ptx recovers ≥ ½ of the gold-reward run's sampled gain ({src})",
-                         f"{r['gain']:+.3f} vs gold {r['gold_gain']:+.3f}", met(r["gold_gain"] > 0 and r["gain"] >= 0.5 * r["gold_gain"])])
-    for name in ("ppo", "ppo_ptx"):
-        c = read(m / "ppo" / f"{name}.json")
-        if c and c["eval"]["before"] and c["eval"]["after"] and c["eval"]["before"].get("rm_score") is not None:
-            b, a = c["eval"]["before"], c["eval"]["after"]
-            drm, dor = a["rm_score"] - b["rm_score"], a["oracle_score"] - b["oracle_score"]
-            rows.append([f"{name}: the oracle score rises with the RM score (RM's held-out prompts, greedy)",
-                         f"RM {drm:+.3f}, oracle {dor:+.3f}", met(drm > 0 and dor > 0)])
-    base = ev.get("pretrain_few_shot")
-    if base and "ppo" in ev and "ppo_ptx" in ev:
-        tax = {n: (ev[n]["pretrain_val_loss"] - base["pretrain_val_loss"], base.get("prompt_eval_acc", 0) - ev[n].get("prompt_eval_acc", 0))
-               for n in ("ppo", "ppo_ptx")}
-        rows.append(["PPO-ptx's pre-training loss regression smaller than PPO's", f"{tax['ppo_ptx'][0]:+.3f} vs {tax['ppo'][0]:+.3f}",
-                     met(tax["ppo_ptx"][0] < tax["ppo"][0])])
-        rows.append(["PPO-ptx's prompt-eval drop smaller than PPO's", f"{tax['ppo_ptx'][1]:+.3f} vs {tax['ppo'][1]:+.3f}",
-                     met(tax["ppo_ptx"][1] < tax["ppo"][1])])
-    methods = sorted(((n, e["kl_to_sft"], e["oracle_score"]) for n, e in ev.items()
-                      if n not in ("pretrain_few_shot",) and isinstance(e, dict) and "kl_to_sft" in e),  # policies, not `overoptimization`
-                     key=lambda x: x[1])
-    lines = [table(rows, ["goal", "measured", "verdict"]), "",
-             "Oracle score against KL to SFT, every method (lowest KL first): "
-             + "; ".join(f"{n} {o:.3f} at KL {k:.2f}" for n, k, o in methods) + "."]
-    return "\n".join(lines) + "\n"
-
-
-TITLES = {"pretrain": "Pre-training (GPT-1 §3.1)", "finetune": "Fine-tuning (GPT-1 §3.2-3.3)",
+TITLES = {"headline": "Headline: the papers' claims, judged",
+          "pretrain": "Pre-training (GPT-1 §3.1)", "finetune": "Fine-tuning (GPT-1 §3.2-3.3)",
           "prompt_eval": "Prompt evaluation (GPT-2, GPT-3)", "sft": "InstructGPT step 1: SFT",
           "reward_model": "InstructGPT step 2: rankings and reward model",
           "instructgpt": "InstructGPT step 3 and beyond: PPO, PPO-ptx, DPO, best-of-n",
-          "verdicts13": "Goals of GPT-1 fine-tuning and GPT-3 few-shot",
+          "verdicts_gpt1": "Goals of GPT-1 fine-tuning",
+          "verdicts_prompting": "Goals of GPT-2 zero-shot and GPT-3 few-shot",
           "scaling": "Scaling: in-context learning against model size (make scaling)",
-          "verdicts12": "Goals of InstructGPT steps 1-2", "verdicts3": "Goals of InstructGPT step 3 (judged by the oracle)",
+          "verdicts_sft_rm": "Goals of InstructGPT steps 1-2", "verdicts_rlhf": "Goals of InstructGPT step 3 (judged by the oracle)",
           "seeds": "InstructGPT step 3 over seeds (make rlhf-seeds)",
           "demo_flaws": "Demonstrations with flaws: what each share gives (rl_eval, oracle)",
           "overopt": "Over-optimisation (Gao et al. 2022): best-of-n and RL against √KL"}
 
 
-def page(metrics_dir: Path) -> str:
-    secs = sections(metrics_dir)
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def page_tail(secs: dict[str, str]) -> str:
+    """The page after its stamp: what `--check` compares."""
     body = "\n".join(f"## {TITLES[k]}\n\n{v}" for k, v in secs.items())
-    return (f"# Results\n\n{stamp()}\n{STAMP_END}\n\nRuns of the same commit with the same thread counts give these numbers "
+    return ("\n\nRuns of the same commit with the same thread counts give these numbers "
             f"bit for bit (measured); another thread count changes the float summation order, so low digits differ.\n\n{body}")
 
 
-def fill_blocks(text: str, secs: dict[str, str]) -> str:
-    """Replace each README block `<!-- results:NAME -->...<!-- /results:NAME -->` by section NAME."""
-    import re
+def page(secs: dict[str, str]) -> str:
+    return f"# Results\n\n{stamp()}\n{STAMP_END}{page_tail(secs)}"
+
+
+LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)\)")
+BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.DOTALL)
+OPENING = re.compile(r"<!-- results:(\w+) -->")
+
+
+def relink(text: str, folder: str) -> str:
+    """Rewrite the relative links of a section (written for the repository root) for a file in `folder`."""
+    if folder in ("", "."):
+        return text
+
+    def sub(mo):
+        url = mo.group(2)
+        if re.match(r"[a-zA-Z][\w+.-]*:|#|/", url):  # a URL, an anchor in the same file, an absolute path
+            return mo.group(0)
+        path, sep, anchor = url.partition("#")
+        return f"{mo.group(1)}{posixpath.relpath(path, folder)}{sep}{anchor})"
+
+    return LINK.sub(sub, text)
+
+
+def fill_blocks(text: str, secs: dict[str, str], folder: str = ".") -> str:
+    """Replace each block `<!-- results:NAME -->...<!-- /results:NAME -->` by section NAME, its links seen from `folder`."""
 
     def sub(mo):
         name = mo.group(1)
         if name not in secs:
             return mo.group(0)
-        return f"<!-- results:{name} -->\n_Generated from `metrics/` by `make report`; see [RESULTS.md](RESULTS.md) for the stamp._\n\n{secs[name]}<!-- /results:{name} -->"
+        inner = f"_Generated from `metrics/` by `make report`; see [RESULTS.md](RESULTS.md) for the stamp._\n\n{secs[name]}"
+        return f"<!-- results:{name} -->\n{relink(inner, folder)}<!-- /results:{name} -->"
 
-    return re.sub(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", sub, text, flags=re.S)
+    return BLOCK.sub(sub, text)
+
+
+def block_files(readme: Path, docs: Path) -> list[Path]:
+    """The markdown files that may hold results blocks: the README and the pages of docs/."""
+    return [f for f in [readme, *sorted(docs.glob("*.md"))] if f.is_file()]
+
+
+def folder_of(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path.resolve().parent, root.resolve())).as_posix()
+
+
+def stale(secs: dict[str, str], out: Path, files: list[Path]) -> list[str]:
+    """What differs from the metrics: the page (its stamp aside) and the files' blocks; [] when all are up to date.
+    A block no section fills, or one without its closing marker, counts as a difference."""
+    problems = []
+    old = out.read_text(encoding="utf-8") if out.is_file() else ""
+    if without_stamp(old) != page_tail(secs):
+        problems.append(f"{out}: differs from metrics/")
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        opened, closed = OPENING.findall(text), [mo.group(1) for mo in BLOCK.finditer(text)]
+        problems += [f"{f}: block results:{n} has no closing marker" for n in sorted(set(opened) - set(closed))]
+        problems += [f"{f}: block results:{n} is no section of the report ({', '.join(secs)})" for n in sorted(set(opened) - set(secs))]
+        if fill_blocks(text, secs, folder_of(f, out.parent)) != text:
+            problems.append(f"{f}: results blocks differ from metrics/")
+    return problems
 
 
 def without_stamp(text: str) -> str:
@@ -342,25 +530,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", type=Path, default=Path("metrics"))
     p.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"), help="its results blocks are refreshed too")
-    p.add_argument("--check", action="store_true", help="exit 1 if the page or the README blocks differ from metrics/ (stamp aside)")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="folder whose *.md pages' results blocks are refreshed too")
+    p.add_argument("--check", action="store_true", help="exit 1 if the page or any results block differs from metrics/ (stamp aside)")
     args = p.parse_args(argv)
     if not args.metrics.is_dir():
         print(f"error: {args.metrics}: no metrics folder (run the pipeline first)", file=sys.stderr)
         sys.exit(2)
-    text = page(args.metrics)
-    readme = args.readme.read_text(encoding="utf-8") if args.readme.is_file() else None
-    new_readme = fill_blocks(readme, sections(args.metrics)) if readme is not None else None
+    secs = sections(args.metrics)
+    files = block_files(args.readme, args.docs)
     if args.check:
-        old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
-        same = without_stamp(old) == without_stamp(text) and new_readme == readme
-        print(f"{args.out}, {args.readme}: {'up to date' if same else 'differ from metrics/ (run python -m tasks.report)'}")
-        sys.exit(0 if same else 1)
+        problems = stale(secs, args.out, files)
+        print("\n".join(problems + ["(run python -m tasks.report)"]) if problems else
+              f"{args.out}, {', '.join(map(str, files))}: up to date")
+        sys.exit(1 if problems else 0)
     from tasks.common import atomic_write_text
 
-    atomic_write_text(args.out, text)
-    if new_readme is not None and new_readme != readme:
-        atomic_write_text(args.readme, new_readme)
-    print(f"wrote {args.out}" + (f" and the results blocks of {args.readme}" if new_readme != readme else ""))
+    atomic_write_text(args.out, page(secs))
+    changed = []
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        unknown = sorted(set(OPENING.findall(text)) - set(secs))
+        if unknown:
+            print(f"warning: {f}: blocks {', '.join(unknown)} are no section of the report", file=sys.stderr)
+        new = fill_blocks(text, secs, folder_of(f, args.out.parent))
+        if new != text:
+            atomic_write_text(f, new)
+            changed.append(str(f))
+    print(f"wrote {args.out}" + (f" and the results blocks of {', '.join(changed)}" if changed else ""))
 
 
 if __name__ == "__main__":

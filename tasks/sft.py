@@ -33,56 +33,28 @@ import random
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from model import load_checkpoint, save_checkpoint
-from model.instruct import encode_example, encode_prompt, encode_response, pad_right, respond, response_targets
-from model.tokenizer import Tokenizer, TokenizerError
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.instruct import encode_example, encode_prompt, encode_response, few_shot_context, pad_right, respond, response_targets
+from model.tokenizer import Tokenizer
+from model.train import curve_csv, epoch_order, optimizer_step, set_dropout, set_lr, warmup_cosine
 from tasks import tracking
 from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device, torch_threads)
 from tasks.config import stage_main
-from tasks.pretrain import write_curve
+from tasks.inputs import read_demos, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import SFTConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 
-
-def set_dropout(model, p: float) -> None:
-    """Every dropout of the GPT (embeddings, residual branches, attention weights) to `p`."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = p
-    for blk in model.transformer.h:
-        blk.attn.dropout = p
+CURVE = ("step", "train_loss", "val_loss", "val_loss_short")  # the pre-training curve's columns (val_loss_short stays empty)
 
 
 def lr_at(step: int, total: int, sc: SFTConfig) -> float:
-    if step < sc.warmup_steps:
-        return sc.lr * (step + 1) / sc.warmup_steps
-    progress = (step - sc.warmup_steps) / max(1, total - sc.warmup_steps)
-    return sc.min_lr + 0.5 * (sc.lr - sc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def strict_tokenizer(folder: Path) -> Tokenizer:
-    """Like `load_tokenizer` but a tokenizer lacking EOS is refused outright (not patched)."""
-    path = folder / "tokenizer.json"
-    try:
-        return Tokenizer.load(path)
-    except TokenizerError as e:
-        raise InputError(f"{e} (an instruction-following model needs <|endoftext|> to learn to stop)") from None
-
-
-def read_demos(path: Path, limit: int = -1) -> list[dict]:
-    rows = read_jsonl(path)
-    for i, r in enumerate(rows, start=1):
-        for k in ("prompt", "response"):
-            if not isinstance(r.get(k), str) or not r[k].strip():
-                raise InputError(f"{path}: row {i} has no '{k}' text")
-    return rows[:limit] if limit >= 0 else rows
+    return warmup_cosine(step, total, sc.warmup_steps, sc.lr, sc.min_lr)
 
 
 def encode_demos(rows: list[dict], tok: Tokenizer, block: int, where: Path) -> tuple[list[tuple[list[int], int]], dict]:
@@ -109,12 +81,6 @@ def batch_tensors(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[t
     return ids, response_targets(ids, lengths, n_prompt)
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
-    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
 @torch.no_grad()
 def val_loss(model, examples, pad_id: int, device: str, batch_size: int = 64) -> float:
     model.eval()
@@ -126,21 +92,6 @@ def val_loss(model, examples, pad_id: int, device: str, batch_size: int = 64) ->
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100, reduction="sum")
         total, count = total + float(loss), count + n
     return total / max(count, 1)
-
-
-def few_shot_context(tok: Tokenizer, prompt: str, kind: str, pool: dict[str, list[dict]], k: int, budget: int,
-                     rng: random.Random) -> tuple[list[int], int]:
-    """Up to k demonstrations of `kind` (each ending in EOS) then the prompt, within `budget` tokens."""
-    query = encode_prompt(tok, prompt)[0]
-    shots, n = [], 0
-    for d in rng.sample(pool.get(kind, []), min(len(pool.get(kind, [])), 4 * k)):
-        if n == k:
-            break
-        demo = encode_prompt(tok, d["prompt"])[0] + encode_response(tok, d["response"])
-        if sum(map(len, shots)) + len(demo) + len(query) <= budget:
-            shots.append(demo)
-            n += 1
-    return [t for s in shots for t in s] + query, n
 
 
 def score_responses(rows: list[dict], responses: list[dict]) -> dict:
@@ -211,17 +162,11 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
         order = epoch_order(sc.seed, epoch, len(train_ex))
         batch = [train_ex[j] for j in order[i * sc.batch_size : (i + 1) * sc.batch_size]]
         x, y = batch_tensors(batch, tok.pad_id)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, sc)
+        set_lr(opt, lr_at(step, total, sc))
         model.train()
         _, loss = model(x.to(device), y.to(device))
-        if not math.isfinite(loss.item()):
-            raise InputError(f"sft: non-finite loss at step {step + 1}; last good checkpoint kept in {out_dir}")
-        loss.backward()
-        if sc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, opt, model.parameters(), sc.grad_clip,
+                       f"sft: non-finite loss at step {step + 1}; last good checkpoint kept in {out_dir}")
         step += 1
         rec = {"step": step, "train_loss": loss.item()}
         if (sc.eval_every and step % sc.eval_every == 0) or step == total:
@@ -310,7 +255,7 @@ def run(cfg) -> dict:
             atomic_write_text(sc.table_file, markdown_table(
                 table_rows(metrics["oracle_score"]),
                 "Mean oracle score (0-1) of greedy responses to the held-out rl_eval prompts, by instruction kind."))
-            write_curve(Path(sc.curve_file), history)
+            atomic_write_text(sc.curve_file, curve_csv(history, CURVE))
             tracking.log_metrics({f"final/{k}": v for k, v in tracking.flatten(metrics).items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
             import mlflow

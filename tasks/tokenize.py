@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +72,6 @@ def run(cfg) -> dict[str, float]:
         os.environ["RAYON_NUM_THREADS"] = str(tc.num_workers)
     corpus_path = Path(tc.in_dir) / "corpus.jsonl"
     out_dir = Path(tc.out_dir)
-    if not 0 <= tc.val_fraction < 1:
-        raise InputError(f"tokenizer.val_fraction={tc.val_fraction} must be in [0, 1)")
     docs = read_corpus(corpus_path)
     train_docs, val_docs = split_docs(docs, tc.val_fraction)
     with tracking.stage_run(cfg, "tokenize", sections=["tokenizer"]):

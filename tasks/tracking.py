@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from tasks.schema import TrackingConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)

@@ -50,7 +50,6 @@ are counted in the metrics.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import random
 import sys
@@ -62,21 +61,20 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from model import GPT, from_pretrained
-from model.instruct import encode_example, encode_prompt, pad_right, ranking_loss
-from model.reward import RewardModel, pack
+from model.load import from_pretrained
+from model.instruct import encode_example, encode_prompt, pad_right
+from model.reward import RewardModel, forward_items, items_loss, score_items
 from model.tokenizer import Tokenizer
+from model.train import optimizer_step, set_lr, warmup_cosine, warmup_steps
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, read_jsonl, resolve_device
 from tasks.config import stage_main
+from tasks.inputs import read_rankings, split_of
 from tasks.world import oracle
 from tasks.schema import TrainRMConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 
-
 # --- input -------------------------------------------------------------------------------------
-
-COLUMNS = ("id", "kind", "prompt", "responses", "ranking")
 
 
 @dataclass
@@ -100,47 +98,6 @@ class Item:
         if not hasattr(self, "_true"):
             self._true = [oracle.score(self.instruction, y) for y in self.responses]
         return self._true
-
-
-def read_rankings(path: Path):
-    """The rankings table, validated row by row (InputError naming file and row)."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise InputError(f"{path}: not found (run the collect_rankings stage first)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for a bad file
-        raise InputError(f"{path}: not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
-    if df.empty:
-        raise InputError(f"{path}: no rows")
-    for r, row in enumerate(df.itertuples(index=False), start=1):
-        where = f"{path}: row {r}"
-        if not isinstance(row.id, str) or not isinstance(row.prompt, str) or not isinstance(row.kind, str):
-            raise InputError(f"{where}: 'id', 'kind' and 'prompt' must be strings")
-        responses, ranking = row.responses, row.ranking
-        if responses is None or not all(isinstance(x, str) for x in responses):
-            raise InputError(f"{where} ({row.id}): 'responses' must be a list of strings")
-        k = len(responses)
-        if k < 2:
-            raise InputError(f"{where} ({row.id}): {k} response(s); a ranking needs at least 2")
-        try:
-            ranking = [int(x) for x in ranking] if ranking is not None else None
-        except (TypeError, ValueError):
-            ranking = None
-        if ranking is None or sorted(ranking) != list(range(k)):
-            shown = None if row.ranking is None else [x.item() if hasattr(x, "item") else x for x in row.ranking]
-            raise InputError(f"{where} ({row.id}): ranking {shown} is not a permutation of 0..{k - 1}")
-    return df
-
-
-def split_of(pid: str, seed: int, heldout: float, val: float) -> str:
-    """'heldout' | 'val' | 'train' for a prompt id: a pure function of (seed, id)."""
-    u = int.from_bytes(hashlib.sha256(f"{seed}:{pid}".encode()).digest()[:8], "big") / 2**64
-    return "heldout" if u < heldout else "val" if u < heldout + val else "train"
 
 
 def encode_items(df, path: Path, instructions: dict[str, dict], tok: Tokenizer, max_len: int) -> tuple[list[Item], dict]:
@@ -179,55 +136,6 @@ def encode_items(df, path: Path, instructions: dict[str, dict], tok: Tokenizer, 
 
 
 # --- scoring and metrics -----------------------------------------------------------------------
-
-
-def forward_items(model: RewardModel, items: list[Item], pad_id: int, device: str, packed: bool = False) -> list[torch.Tensor]:
-    """Raw rewards of every response of `items` -> one (K,) tensor per item. Each response is
-    forwarded once: one row per response, or with `packed` one row per prompt holding the
-    prompt once and its K responses (`model.reward.pack`)."""
-    if packed:
-        p = pack([it.prompt_ids for it in items], [[r[n:] for r, n in zip(it.rows, it.n_prompt)] for it in items], pad_id)
-        p.ids, p.positions, p.segments, p.last = (x.to(device) for x in (p.ids, p.positions, p.segments, p.last))
-        r = model.forward_packed(p)
-    else:
-        ids, lengths = pad_right([row for it in items for row in it.rows], pad_id)
-        n_prompt = torch.tensor([n for it in items for n in it.n_prompt])
-        r = model(ids.to(device), lengths.to(device), n_prompt.to(device))
-    return list(r.split([len(it.rows) for it in items]))
-
-
-def items_loss(rewards: list[torch.Tensor], items: list[Item]) -> tuple[torch.Tensor, float, int]:
-    """The K-way loss averaged over prompts (prompts of equal K batched through `ranking_loss`).
-    -> (loss, pairs ordered right, pairs)."""
-    by_k = defaultdict(list)
-    for i, it in enumerate(items):
-        by_k[len(it.rows)].append(i)
-    loss, right, pairs = 0.0, 0.0, 0
-    for k, idx in by_k.items():
-        r = torch.stack([rewards[i] for i in idx])  # (B_k, K)
-        order = torch.tensor([items[i].order for i in idx], device=r.device)  # (B_k, K)
-        lk, stats = ranking_loss(r, order)
-        n_pairs = len(idx) * k * (k - 1) // 2
-        loss = loss + lk * len(idx)
-        right += stats["acc"].item() * n_pairs
-        pairs += n_pairs
-    return loss / len(items), right, pairs
-
-
-@torch.no_grad()
-def score_items(model: RewardModel, items: list[Item], pad_id: int, device: str, batch_size: int) -> list[list[float]]:
-    """Raw rewards of every response, eval mode, prompts batched by length (less padding)."""
-    model.eval()
-    out: list[list[float]] = [[] for _ in items]
-    # packed rows compute exactly the unpacked ones when no response needed a shorter prompt
-    same = [all(n == len(it.prompt_ids) for n in it.n_prompt) for it in items]
-    for packed in (True, False):
-        order = sorted((i for i in range(len(items)) if same[i] == packed), key=lambda i: max(map(len, items[i].rows)))
-        for s in range(0, len(order), batch_size):
-            ids = order[s : s + batch_size]
-            for i, r in zip(ids, forward_items(model, [items[i] for i in ids], pad_id, device, packed)):
-                out[i] = r.float().cpu().tolist()
-    return out
 
 
 def source_group(source: str) -> str:
@@ -292,11 +200,7 @@ def pair_metrics(items: list[Item], rewards: list[list[float]], with_oracle: boo
 
 def lr_at(step: int, total: int, rc: TrainRMConfig) -> float:
     """Linear warm-up over warmup_fraction of the steps, then cosine decay to min_lr."""
-    warmup = max(1, round(rc.warmup_fraction * total))
-    if step < warmup:
-        return rc.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return rc.min_lr + 0.5 * (rc.lr - rc.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(step, total, warmup_steps(rc.warmup_fraction, total), rc.lr, rc.min_lr)
 
 
 def build_model(rc: TrainRMConfig, device: str) -> tuple[RewardModel, Path]:
@@ -329,16 +233,9 @@ def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], 
         loss_sum, right, pairs = 0.0, 0.0, 0
         for s in range(0, len(data), rc.batch_size):
             batch = [data[i] for i in perm[s : s + rc.batch_size]]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, rc)
+            set_lr(opt, lr_at(step, total, rc))
             loss, r, n = items_loss(forward_items(model, batch, pad_id, device, rc.pack), batch)
-            if not math.isfinite(loss.item()):
-                raise InputError(f"train_rm: non-finite loss at step {step + 1}; lower train_rm.lr")
-            loss.backward()
-            if rc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), rc.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(loss, opt, model.parameters(), rc.grad_clip, f"train_rm: non-finite loss at step {step + 1}; lower train_rm.lr")
             step += 1
             loss_sum += loss.item() * len(batch)
             right, pairs = right + r, pairs + n

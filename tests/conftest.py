@@ -27,6 +27,26 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def settings(section: str, *extra: str, **overrides):
+    """One section of the composed conf/ (its defaults, plus `extra` override strings and `overrides`),
+    as the stage reads it: the dataclass of tasks/schema.py, values from conf/ alone."""
+    from omegaconf import OmegaConf
+
+    from tasks.config import compose
+
+    node = compose([*extra, *(f"{section}.{k}={v}" for k, v in overrides.items())])[section]
+    return OmegaConf.to_object(node)
+
+
+def edit_params(path: str | Path, section: str, **values) -> None:
+    """Set keys of a written params.yaml by hand, as a user editing the file would (no validation)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    raw[section].update(values)
+    Path(path).write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def run_cmd(args: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 600):
     """Run a command with the project's interpreter first on PATH; return the CompletedProcess."""
     full_env = dict(os.environ)
@@ -100,7 +120,7 @@ def make_sft_and_rm() -> None:
     reward model's prompt split recorded in its meta as train_rm records it)."""
     import torch
 
-    from model import from_pretrained
+    from model.load import from_pretrained
     from model.reward import RewardModel
 
     shutil.copytree("models/pretrain", "models/sft")
@@ -170,7 +190,8 @@ def instruct_data(tmp_path_factory) -> Path:
     copy with `instruct_workspace`."""
     import torch
 
-    from model import GPT, GPTConfig, save_checkpoint
+    from model.checkpoint import save_checkpoint
+    from model.gpt import GPT, GPTConfig
     from model.tokenizer import Tokenizer
     from tasks import data
     from tasks.common import read_jsonl

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasks import candidates as candidates_stage
 from tasks import collect_rankings as cr
 from tasks.common import InputError, read_jsonl
 from tasks.config import compose, write_params
@@ -24,7 +25,7 @@ BASE = ["experiment=smoke", "tracking.enabled=false", f"collect_rankings.n_promp
 @pytest.fixture
 def candidates(instruct_workspace) -> list[dict]:
     shutil.copytree("models/pretrain", "models/sft")  # any checkpoint samples; mechanics only
-    cr.sample(compose(BASE))
+    candidates_stage.run(compose(BASE))
     return read_jsonl("data/rankings/candidates.jsonl")
 
 
@@ -37,7 +38,7 @@ def test_candidates_are_diverse_seeded_and_exported(candidates):
     csv = pd.read_csv("data/rankings/candidates.csv")
     assert list(csv.columns) == ["id", "kind", "prompt", "response_1", "response_2", "response_3", "response_4"]
     first = Path("data/rankings/candidates.jsonl").read_bytes()
-    cr.sample(compose(BASE))
+    candidates_stage.run(compose(BASE))
     assert Path("data/rankings/candidates.jsonl").read_bytes() == first  # same seed, same candidates
 
 
@@ -59,10 +60,10 @@ def test_oracle_rankings_parquet(candidates):
 
 def test_k_from_2_to_9(instruct_workspace):
     shutil.copytree("models/pretrain", "models/sft")
-    cr.sample(compose([*BASE, "collect_rankings.k=2", "collect_rankings.n_prompts=2"]))
+    candidates_stage.run(compose([*BASE, "collect_rankings.k=2", "collect_rankings.n_prompts=2"]))
     assert all(len(c["responses"]) == 2 for c in read_jsonl("data/rankings/candidates.jsonl"))
     with pytest.raises(InputError, match="between 2 and 9"):
-        cr.sample(compose([*BASE, "collect_rankings.k=10"]))
+        candidates_stage.run(compose([*BASE, "collect_rankings.k=10"]))
 
 
 def test_file_labeler_imports_rankings(candidates):

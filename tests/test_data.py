@@ -331,8 +331,8 @@ def test_task_sizes_per_task(tmp_path):
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("+data.task_sizes.reviews={train: 10}", r"data\.task_sizes\.reviews: not a world task"),
-    ("data.task_sizes.sentiment.val=2", r"data\.task_sizes\.sentiment\.val: 2 is too small"),
+    ("+data.task_sizes.reviews={train: 10}", r"data\.task_sizes\.reviews: unknown name"),
+    ("data.task_sizes.sentiment.val=2", r"data\.task_sizes\.sentiment\.val: must be >= 4 or -1, got 2"),
 ])
 def test_bad_task_sizes_one_line(tmp_path, override, pattern):
     out = tmp_path / "raw"
@@ -367,9 +367,9 @@ def test_demo_flaws_share_and_mix_in_the_files_and_rl_splits_unchanged(tmp_path,
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("data.demo_flaws.share=1.5", r"data\.demo_flaws\.share: 1\.5 is not in \[0, 1\]"),
-    ("+data.demo_flaws.mix.rude=1", r"data\.demo_flaws\.mix\.rude: not a defect"),
-    ("data.demo_flaws.mix.too_long=-1", r"data\.demo_flaws\.mix\.too_long: weight -1\.0 is negative"),
+    ("data.demo_flaws.share=1.5", r"data\.demo_flaws\.share: must be between 0 and 1, got 1\.5"),
+    ("+data.demo_flaws.mix.rude=1", r"data\.demo_flaws\.mix\.rude: unknown name"),
+    ("data.demo_flaws.mix.too_long=-1", r"data\.demo_flaws\.mix\.too_long: must be >= 0, got -1\.0"),
 ])
 def test_bad_demo_flaws_one_line(tmp_path, override, pattern):
     out = tmp_path / "raw"

@@ -17,12 +17,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import make_sft_and_rm, run_and_kill
-from model import GPT, GPTConfig, rl
+from conftest import edit_params, make_sft_and_rm, run_and_kill
+from model import rl
+from model.gpt import GPT, GPTConfig
 from tasks import dpo
 from tasks.common import read_jsonl
 from tasks.config import compose, write_params
-from tasks.train_rm import split_of
+from tasks.inputs import split_of
 from tasks.world import oracle
 from tasks.world.instructions import sample_responses
 
@@ -151,7 +152,7 @@ def test_kill_and_resume_gives_the_same_curve(dpo_workspace):
 @pytest.mark.parametrize("case,message", [
     ("k1", r"rankings.parquet: row 3 \(rl_prompts-\d+\): 1 response\(s\); a ranking needs at least 2"),
     ("tokenizer", "models/ref/tokenizer.json differs from the policy's models/sft/tokenizer.json"),
-    ("beta", "dpo.beta=0.0: must be > 0"),
+    ("beta", "dpo.beta: must be > 0, got 0.0"),  # a hand-edited params.yaml: the schema refuses it
 ])
 def test_bad_input_is_one_line_and_overwrites_nothing(dpo_workspace, case, message):
     Path("metrics").mkdir()
@@ -167,9 +168,9 @@ def test_bad_input_is_one_line_and_overwrites_nothing(dpo_workspace, case, messa
         raw["model"]["vocab"]["zzzz"] = len(raw["model"]["vocab"]) + 50
         Path("models/ref/tokenizer.json").write_text(json.dumps(raw))
         args.append("dpo.reference=models/ref")
-    else:
-        args.append("dpo.beta=0")
     write_params(compose(args), "params.yaml")
+    if case == "beta":
+        edit_params("params.yaml", "dpo", beta=0)
     proc = subprocess.run([sys.executable, "-m", "tasks.dpo", "--params", "params.yaml"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: "), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import load_checkpoint, save_checkpoint
+from conftest import settings
+
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.reward import RewardModel
 from tasks import evaluate
 from tasks.common import InputError, read_jsonl
@@ -150,7 +152,7 @@ def test_sampled_columns_intervals_oracle_best_of_n_and_overoptimization(policie
 def test_best_of_1_is_plain_sampling_with_the_same_seed(policies):
     model = load_checkpoint("models/sft").model.eval()
     tok = evaluate.strict_tokenizer(Path("models/sft"))
-    ec = evaluate.EvaluateConfig(max_new_tokens=8, seed=7)
+    ec = settings("evaluate", max_new_tokens=8, seed=7)
     contexts = [evaluate.encode_prompt(tok, r["prompt"])[0] for r in read_jsonl("data/raw/instructions/rl_eval.jsonl")[:6]]
     calls = []
 

@@ -15,7 +15,8 @@ from tokenizers import models, pre_tokenizers, trainers
 from torch.nn import functional as F
 
 from conftest import ROOT, run_cmd
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.gpt import GPT, GPTConfig
 from model.heads import TaskHead, TaskModel
 from model.tokenizer import Tokenizer
 from tasks import finetune, finetune_report
@@ -365,9 +366,9 @@ def test_special_init_mean_moves_only_the_special_rows(tok):
 
 
 def test_bad_settings(workspace):
-    with pytest.raises(InputError, match="finetune.special_init='zero': expected keep or mean"):
+    with pytest.raises(InputError, match="finetune.special_init: must be one of keep, mean, got 'zero'"):
         finetune.run(compose([*QUICK, "finetune.special_init=zero"]))
-    with pytest.raises(InputError, match="finetune init 'random'"):
+    with pytest.raises(InputError, match="finetune.init: must be one of pretrain, scratch, got 'random'"):
         finetune.run(compose([*QUICK, "finetune.init=random"]))
     with pytest.raises(InputError, match="finetune.max_len=64: must be between 4 and the model's block_size=48"):
         finetune.run(compose([*QUICK, "finetune.max_len=64"]))

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import GPT, GPTConfig, save_checkpoint, from_pretrained
+from model.checkpoint import save_checkpoint
+from model.gpt import GPT, GPTConfig
+from model.load import from_pretrained
 from model.hf import export_hf, verify_export
 
 transformers = pytest.importorskip("transformers")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig
+from model.gpt import GPT, GPTConfig
 from model.instruct import (
     MIN_PROMPT_TOKENS,
     SEPARATOR,

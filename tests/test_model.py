@@ -10,7 +10,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, CheckpointError, GPTConfig, KVCache, generate, load_checkpoint, save_checkpoint, from_pretrained
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.errors import CheckpointError
+from model.generate import generate
+from model.gpt import GPT, GPTConfig, KVCache
+from model.load import from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 17, 3], [9, 2, 44, 61, 7, 30, 12], [1], [8, 8, 100, 27, 5]]

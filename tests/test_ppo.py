@@ -17,14 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_sft_and_rm, run_and_kill
-from model import GPT
+from conftest import edit_params, make_sft_and_rm, run_and_kill, settings
+from model.gpt import GPT
 from model import rl
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
+from model import ppo as model_ppo
+from model.instruct import response_logprobs
 from tasks import ppo
 from tasks.common import InputError
 from tasks.config import compose, write_params
+from tasks.inputs import read_prompts
 
 QUICK = ["experiment=smoke", "tracking.enabled=false", "ppo.progress=false", "ppo.updates=4", "ppo.episodes=8",
          "ppo.minibatch=4", "ppo.ppo_epochs=2", "ppo.max_new_tokens=8", "ppo.eval_prompts=4", "ppo.eval_every=2",
@@ -144,13 +147,13 @@ def test_sequence_rewards_are_the_token_rewards_summed():
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)
-    from model import GPTConfig
+    from model.gpt import GPTConfig
 
     gpt = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32))
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     responses = [{"tokens": [20, 21, 0], "eos": True, "text": "a b"}, {"tokens": [22], "eos": False, "text": "c"},
                  {"tokens": [23, 24, 25, 26, 0], "eos": True, "text": "d e f"}]
-    batch = ppo.make_batch([{"id": str(i)} for i in range(3)], prompts, responses, pad_id=1, device="cpu")
+    batch = model_ppo.make_batch([{"id": str(i)} for i in range(3)], prompts, responses, pad_id=1, device="cpu")
     return gpt, batch, responses
 
 
@@ -170,9 +173,9 @@ def test_kl_penalty_is_exactly_zero_when_the_policy_is_the_reference(tiny):
     ref = GPT(gpt.config)
     ref.load_state_dict(gpt.state_dict())
     critic = RewardModel(GPT(gpt.config))
-    pc = ppo.PPOConfig(value="sft", beta=0.5)
+    pc = settings("ppo", value="sft", beta=0.5)
     score = torch.tensor([1.0, -1.0, 2.0])
-    stats = ppo.experience(batch, gpt, ref, critic, score, pc, beta=0.5)
+    stats = model_ppo.experience(batch, gpt, ref, critic, score, pc, beta=0.5)
     assert stats["kl"] == 0.0 and stats["kl_k3"] == 0.0 and stats["non_score_reward"] == 0.0
     assert math.isclose(stats["reward"], score.mean().item(), rel_tol=1e-6)
 
@@ -182,17 +185,17 @@ def test_one_ppo_update_raises_the_clipped_objective(tiny):
     ref = GPT(gpt.config)
     ref.load_state_dict(gpt.state_dict())
     critic = RewardModel(GPT(gpt.config))  # a separate value network
-    pc = ppo.PPOConfig(value="sft", lr=1e-3, value_lr=1e-3, minibatch=3, episodes=3)
-    ppo.experience(batch, gpt, ref, critic, torch.tensor([1.0, -1.0, 2.0]), pc, beta=0.1)
+    pc = settings("ppo", value="sft", lr=1e-3, value_lr=1e-3, minibatch=3, episodes=3)
+    model_ppo.experience(batch, gpt, ref, critic, torch.tensor([1.0, -1.0, 2.0]), pc, beta=0.1)
 
     def objective() -> float:
         with torch.no_grad():
-            lp = ppo.response_logprobs(ppo.policy_forward(gpt, batch, 1.0)[0], batch.targets)
+            lp = response_logprobs(model_ppo.policy_forward(gpt, batch, 1.0)[0], batch.targets)
             return -rl.policy_loss(lp, batch.data["old_logprobs"], batch.data["advantages"], batch.mask, pc.clip)[0].item()
 
     before = objective()
-    learner = ppo.Learner(gpt, critic, *ppo.optimizers(gpt, critic, pc, "cpu"), shared=False)
-    stats = ppo.ppo_step(learner, batch, pc, None)
+    learner = model_ppo.Learner(gpt, critic, *model_ppo.optimizers(gpt, critic, pc, "cpu"), shared=False)
+    stats = model_ppo.ppo_step(learner, batch, pc, None)
     assert stats["approx_kl"] < 1e-6 and stats["clip_frac"] == 0.0  # the first step starts at ratio 1
     assert objective() > before + 1e-3
 
@@ -205,9 +208,9 @@ def test_critic_free_experience_and_update(tiny, estimator):
     with torch.no_grad():  # a reference unlike the policy: a KL term in the reward
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    pc = ppo.PPOConfig(estimator=estimator, group_size=3, episodes=3, minibatch=3, lr=1e-3, beta=0.1)
+    pc = settings("ppo", estimator=estimator, group_size=3, episodes=3, minibatch=3, lr=1e-3, beta=0.1)
     score = torch.tensor([1.0, -1.0, 2.0])  # the three rows as one group
-    stats = ppo.experience(batch, gpt, ref, None, score, pc, beta=0.1)
+    stats = model_ppo.experience(batch, gpt, ref, None, score, pc, beta=0.1)
     d, mask = batch.data, batch.mask
     assert "old_values" not in d and "returns" not in d and stats["explained_var"] is None
     kl = rl.kl_k1(d["old_logprobs"], d["ref_logprobs"], mask)
@@ -218,13 +221,13 @@ def test_critic_free_experience_and_update(tiny, estimator):
 
     def objective() -> float:
         with torch.no_grad():
-            lp = ppo.response_logprobs(ppo.policy_forward(gpt, batch, 1.0)[0], batch.targets)
+            lp = response_logprobs(model_ppo.policy_forward(gpt, batch, 1.0)[0], batch.targets)
             return -rl.policy_loss(lp, d["old_logprobs"], d["advantages"], mask, pc.clip)[0].item()
 
     before = objective()
-    policy_opt, value_opt = ppo.optimizers(gpt, None, pc, "cpu")
+    policy_opt, value_opt = model_ppo.optimizers(gpt, None, pc, "cpu")
     assert value_opt is None
-    step = ppo.ppo_step(ppo.Learner(gpt, None, policy_opt, None, shared=False), batch, pc, None)
+    step = model_ppo.ppo_step(model_ppo.Learner(gpt, None, policy_opt, None, shared=False), batch, pc, None)
     assert "value_loss" not in step and step["clip_frac"] == 0.0
     assert objective() > before + 1e-3
 
@@ -268,7 +271,7 @@ def test_stage_trains_logs_and_keeps_heldout_prompts_out(ppo_workspace, monkeypa
     assert m["updates"] == 4 and m["kl_estimator"] == "k1" and m["eval"]["before"]["update"] == 0
     assert 0 <= m["final"]["oracle_score"] <= 1 and m["final"]["response_len"] <= 8
     assert m["final"]["beta"] == compose(QUICK).ppo.beta and "ptx_loss" not in m["final"]
-    heldout = {r["id"] for r in ppo.read_prompts("data/raw/instructions/rl_prompts.jsonl",
+    heldout = {r["id"] for r in read_prompts("data/raw/instructions/rl_prompts.jsonl",
                                                  {"seed": 1337, "heldout": 0.2, "val": 0.0})[1]}
     assert heldout and prompts_used and not heldout & set(prompts_used)
     assert seen[0] == 0.0 and 1.0 in seen  # greedy evaluation, rollouts at temperature 1
@@ -307,7 +310,7 @@ def test_kill_and_resume_gives_the_same_curve(ppo_workspace):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("beta", "ppo.beta=-0.1: the KL coefficient must be >= 0"),
+    ("beta", "ppo.beta: must be >= 0, got -0.1"),  # a hand-edited params.yaml: the schema refuses it
     ("no_sft", "models/sft: no SFT policy checkpoint (run the sft stage first)"),
     ("no_rm", "models/rm: no reward model checkpoint (run the train_rm stage first)"),
     ("tokenizer", "models/rm/tokenizer.json differs from the policy's models/sft/tokenizer.json"),
@@ -317,9 +320,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(ppo_workspace, case, messa
     Path("metrics/ppo").mkdir(parents=True)
     Path("metrics/ppo/ppo.json").write_text("previous\n")
     args = [*QUICK]
-    if case == "beta":
-        args.append("ppo.beta=-0.1")
-    elif case == "group_size":
+    if case == "group_size":
         args += ["ppo.estimator=rloo", "ppo.group_size=3"]
     elif case == "no_sft":
         shutil.rmtree("models/sft")
@@ -330,6 +331,8 @@ def test_bad_input_is_one_line_and_overwrites_nothing(ppo_workspace, case, messa
         raw["model"]["vocab"]["zzzz"] = len(raw["model"]["vocab"]) + 50
         Path("models/rm/tokenizer.json").write_text(json.dumps(raw))
     write_params(compose(args), "params.yaml")
+    if case == "beta":
+        edit_params("params.yaml", "ppo", beta=-0.1)
     proc = subprocess.run([sys.executable, "-m", "tasks.ppo", "--params", "params.yaml"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: " + message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,7 +1,6 @@
 """pretrain stage: learning, exact resumption, DDP equivalence, divergence and bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cmd, write_corpus
-from model import CheckpointError, load_checkpoint
+from model.checkpoint import load_checkpoint
+from model.errors import CheckpointError
 from tasks import pretrain, tokenize
 from tasks.common import InputError
 from tasks.config import compose, write_params

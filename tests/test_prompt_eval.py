@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import settings
 from omegaconf import OmegaConf
 
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.gpt import GPT, GPTConfig
 from model.tokenizer import Tokenizer
 from tasks.common import InputError
 from tasks.config import compose, validate, write_params
-from tasks.prompt_eval import (
-    PromptEvalConfig,
+from model.scoring import score_choices
+from tasks.prompt_eval import run, table_rows
+from tasks.prompting import (
     PromptTemplate,
     Task,
     build_requests,
@@ -28,12 +32,9 @@ from tasks.prompt_eval import (
     draw_examples,
     evaluate_task,
     generate_answers,
-    paired_gain,
     load_task,
     normalize_answer,
-    run,
-    score_choices,
-    table_rows,
+    paired_gain,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def test_prompt_text_and_loglikelihoods_match_transformers(world, tmp_path):
     hf = transformers.GPT2LMHeadModel.from_pretrained(export_hf(world[1], tmp_path / "hf")).eval()
     ckpt = load_checkpoint(world[1])
     tok = Tokenizer.load(ckpt.tokenizer_path)
-    pc = PromptEvalConfig(max_items=4, seed=3)
+    pc = settings("prompt_eval", max_items=4, seed=3)
     variants = [  # (template, target, what the choices read): one-token, several-token, trailing-space
         ("Review: {text}\nSentiment:", " {answer}", [" positive", " negative"]),
         ("Review: {text}\nSentiment:", " {answer} food", [" positive food", " negative food"]),
@@ -250,7 +251,7 @@ def test_generation_batched_equals_one_at_a_time(world):
     ckpt = load_checkpoint(world[1])
     tok = Tokenizer.load(ckpt.tokenizer_path)
     task = task_of(world, "colour", stop=["\n", "."])
-    reqs = build_requests(tok, task, 2, PromptEvalConfig(), 64, ckpt.config.vocab_size)
+    reqs = build_requests(tok, task, 2, settings("prompt_eval"), 64, ckpt.config.vocab_size)
     prompts = [r.context for r in reqs]
     assert len({len(p) for p in prompts}) > 1  # left padding is exercised
     assert generate_answers(ckpt.model, tok, prompts, task.spec, 8) == [
@@ -324,7 +325,7 @@ def test_long_contexts_drop_the_oldest_examples_or_fail_clearly(world):
     ckpt = load_checkpoint(world[1])
     tok = Tokenizer.load(ckpt.tokenizer_path)
     task = task_of(world, "sentiment", instruction="Is the review positive or negative?")
-    pc = PromptEvalConfig(max_items=6, seed=0)
+    pc = settings("prompt_eval", max_items=6, seed=0)
     full = build_requests(tok, task, 8, pc, 1024, ckpt.config.vocab_size)
     assert all(r.shots == 8 for r in full)
     short = build_requests(tok, task, 8, pc, 64, ckpt.config.vocab_size)

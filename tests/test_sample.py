@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model import load_checkpoint
+from model.checkpoint import load_checkpoint
 from model.instruct import respond
 from model.tokenizer import Tokenizer
 
@@ -37,7 +37,7 @@ def test_answers_an_instruction_like_greedy_decoding(instruct_workspace):
     # the raw mode continues the text itself (no "\nAnswer:")
     raw = sample(str(sft), PROMPT, "--max-new-tokens", "12", "--raw")
     ids = tok.encode(PROMPT)
-    from model import generate
+    from model.generate import generate
 
     assert raw.stdout.rstrip("\n") == tok.decode(generate(model, [ids], 12, temperature=0.0).tokens[0])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_and_kill
-from model import load_checkpoint
+from model.checkpoint import load_checkpoint
 from tasks import sft
 from tasks.common import InputError
 from tasks.config import compose, write_params

@@ -14,14 +14,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import ROOT, run_cmd
-from model import GPT, GPTConfig, save_checkpoint
+from conftest import ROOT, run_cmd, settings
+from model.checkpoint import save_checkpoint
+from model.gpt import GPT, GPTConfig
 from model.instruct import encode_example, pad_right
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
 from tasks import train_rm
 from tasks.common import InputError, write_jsonl
 from tasks.config import compose
+from tasks.inputs import split_of
 from tasks.world import oracle
 from tasks.world.instructions import make_instruction_splits, sample_responses
 
@@ -121,7 +123,7 @@ def test_each_response_is_forwarded_once_per_batch(world, packed):
     passes = []  # per trunk pass: (rows, real tokens)
     pad = world["tok"].pad_id
     rm.gpt.transformer.wte.register_forward_hook(lambda m, args, out: passes.append((args[0].shape[0], int((args[0] != pad).sum()))) and None)
-    rc = train_rm.TrainRMConfig(batch_size=4, epochs=1, progress=False, pack=packed)
+    rc = settings("train_rm", batch_size=4, epochs=1, progress=False, pack=packed)
     history = train_rm.train(rm, rc, {"train": items, "val": [], "heldout": []}, pad, "cpu")
     assert len(passes) == math.ceil(10 / 4) and history[0]["train_loss"] > 0
     responses = sum(len(r) - n for it in items for r, n in zip(it.rows, it.n_prompt))
@@ -183,12 +185,12 @@ def test_save_load_and_normalized(world, tmp_path):
 
 def test_split_is_by_prompt_stable_and_seeded():
     ids = [f"rl_prompts-{i:05d}" for i in range(2000)]
-    a = [train_rm.split_of(i, 1, 0.2, 0.1) for i in ids]
-    assert a == [train_rm.split_of(i, 1, 0.2, 0.1) for i in ids]  # a pure function of (seed, id)
+    a = [split_of(i, 1, 0.2, 0.1) for i in ids]
+    assert a == [split_of(i, 1, 0.2, 0.1) for i in ids]  # a pure function of (seed, id)
     assert abs(a.count("heldout") / 2000 - 0.2) < 0.03 and abs(a.count("val") / 2000 - 0.1) < 0.03
-    assert a != [train_rm.split_of(i, 2, 0.2, 0.1) for i in ids]
+    assert a != [split_of(i, 2, 0.2, 0.1) for i in ids]
     # more held out never moves a held-out prompt back into training
-    b = [train_rm.split_of(i, 1, 0.3, 0.0) for i in ids]
+    b = [split_of(i, 1, 0.3, 0.0) for i in ids]
     assert all(y == "heldout" for x, y in zip(a, b) if x == "heldout")
 
 
