@@ -13,27 +13,25 @@ Prefect UI shows the real edges. Each task calls `dvc --wait-for-lock repro --si
 <stage>`: DVC alone decides what is up to date (so Prefect caches nothing), records `dvc.lock`
 (`--wait-for-lock` makes concurrent runs in one workspace queue on DVC's short lock phases
 instead of failing), and runs the stage's `python -m tasks.<stage>`, whose MLflow run nests
-under the flow's parent run. At most `pipeline.concurrency` stages run at once (0 = the number
-of CPU cores; a free slot goes to the waiting stage with the longest chain of stages behind it),
-and stages listed in `pipeline.gpu_stages` one at a time when the device is a
-GPU. A stage's torch thread count comes from its own config, never from how many stages run
+under the flow's parent run. The flow submits a stage when its upstream stages succeeded and
+one of `pipeline.concurrency` slots is free (0 = the number of CPU cores; the ready stage with
+the longest chain of stages behind it first; stages listed in `pipeline.gpu_stages` one at a
+time when the device is a GPU), so a task run in the UI is a stage that runs. A stage's torch thread count comes from its own config, never from how many stages run
 beside it, so a parallel run gives the same numbers as a serial one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import graphlib
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults before Prefect is imported)
 from prefect import flow, get_run_logger, task
-from prefect.futures import wait
+from prefect.futures import as_completed
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
@@ -107,7 +105,7 @@ def stage_env(parent_run_id: str | None) -> dict[str, str]:
     return env
 
 
-@task(name="configure")
+@task(name="configure", task_run_name="configure")
 def configure(overrides: list[str]):
     """Compose conf/ with the overrides, validate, write params.yaml for DVC; return the config."""
     cfg = compose(overrides)
@@ -133,72 +131,51 @@ def critical_path(graph: dict[str, list[str]]) -> dict[str, int]:
     return depth
 
 
-class Slots:
-    """How many stages may run at once: `concurrency` in all, GPU-heavy ones one at a time.
+class Scheduler:
+    """Which stages start when, decided in the flow itself: a stage is submitted once its upstream
+    stages succeeded and a slot is free (`concurrency` in all, 0 = the number of CPU cores; the
+    stages in `gpu_stages` one at a time), the one with the longest path of stages still behind it
+    first (ties: DAG order). So a Prefect task run exists only while its stage runs: the UI's
+    timeline shows what runs, and the flow's log says which ready stages wait for a slot."""
 
-    A free slot goes to the waiting stage with the longest path of stages still behind it (ties:
-    first come), and the slot a stage gives back is kept for the downstream stage it has just made
-    ready when that one comes first (it arrives a moment later, after Prefect resolves its
-    inputs); so the InstructGPT chain (sft -> ... -> evaluate) is not kept waiting behind
-    fine-tuning stages that only feed finetune_report."""
-
-    def __init__(self, concurrency: int, gpu_stages: list[str], device: str,
-                 graph: dict[str, list[str]] | None = None, priority: dict[str, int] | None = None):
-        self.free = concurrency if concurrency > 0 else (os.cpu_count() or 1)
-        self.upstream = graph or {}
-        self.downstream = downstream(self.upstream)
-        self.priority = priority if priority is not None else (critical_path(graph) if graph else {})
-        self.cond = threading.Condition()
-        self.waiting: list[tuple[int, int, str]] = []  # (-priority, arrival, stage)
-        self.arrivals = 0
+    def __init__(self, graph: dict[str, list[str]], concurrency: int, gpu_stages=(), priority: dict[str, int] | None = None):
+        self.graph = graph
+        self.slots = concurrency if concurrency > 0 else (os.cpu_count() or 1)
+        self.gpu_stages = set(gpu_stages)
+        self.priority = priority if priority is not None else critical_path(graph)
+        self.order = {s: i for i, s in enumerate(stages(graph))}
+        self.running: set[str] = set()
         self.done: set[str] = set()
-        self.reserved: set[str] = set()  # stages a released slot is kept for
-        self.gpu = threading.BoundedSemaphore(1)
-        gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
-        self.gpu_stages = set(gpu_stages) if gpu else set()
+        self.failed: set[str] = set()
 
-    def _my_turn(self, me: tuple[int, int, str]) -> bool:
-        if me[2] in self.reserved:
-            return True
-        others = [w for w in self.waiting if w[2] not in self.reserved]
-        return self.free - len(self.reserved) > 0 and min(others) == me
+    def _heavy(self, stage: str) -> bool:
+        return stage.split("@")[0] in self.gpu_stages
 
-    def _acquire(self, stage: str) -> None:
-        with self.cond:
-            me = (-self.priority.get(stage, 0), self.arrivals, stage)
-            self.arrivals += 1
-            self.waiting.append(me)
-            self.cond.wait_for(lambda: self._my_turn(me))
-            self.waiting.remove(me)
-            self.reserved.discard(stage)
-            self.free -= 1
-            self.cond.notify_all()
+    def ready(self) -> list[str]:
+        """Stages not started whose upstream stages all succeeded, in the order they get slots."""
+        started = self.running | self.done | self.failed
+        ready = [s for s in self.graph if s not in started and all(u in self.done for u in self.graph[s])]
+        return sorted(ready, key=lambda s: (-self.priority.get(s, 0), self.order.get(s, 0)))
 
-    def _release(self, stage: str, ok: bool) -> None:
-        with self.cond:
-            self.free += 1
-            if ok:
-                self.done.add(stage)
-                ready = [d for d in self.downstream.get(stage, [])
-                         if d not in self.done and all(u in self.done for u in self.upstream[d])]
-                if ready and self.free - len(self.reserved) > 0:
-                    best = max(ready, key=lambda d: self.priority.get(d, 0))
-                    queued = [-w[0] for w in self.waiting if w[2] not in self.reserved]
-                    if self.priority.get(best, 0) >= max(queued, default=0):
-                        self.reserved.add(best)
-            self.cond.notify_all()
+    def start(self) -> list[str]:
+        """The stages to submit now (they count as running from here)."""
+        picked = []
+        for stage in self.ready():
+            if len(self.running) >= self.slots:
+                break
+            if self._heavy(stage) and any(self._heavy(r) for r in self.running):
+                continue
+            self.running.add(stage)
+            picked.append(stage)
+        return picked
 
-    @contextlib.contextmanager
-    def hold(self, stage: str):
-        """Runs the body in a slot; the body sets `ok["ok"] = True` when the stage succeeded."""
-        heavy = stage.split("@")[0] in self.gpu_stages
-        self._acquire(stage)
-        ok = {"ok": False}
-        try:
-            with self.gpu if heavy else contextlib.nullcontext():
-                yield ok
-        finally:
-            self._release(stage, ok["ok"])
+    def finish(self, stage: str, ok: bool) -> None:
+        self.running.discard(stage)
+        (self.done if ok else self.failed).add(stage)
+
+    def never_ran(self) -> list[str]:
+        """Stages left out because a stage upstream of them failed."""
+        return [s for s in self.order if s not in self.running | self.done | self.failed]
 
 
 def _cuda_available() -> bool:
@@ -207,32 +184,26 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-_SLOTS: dict[str, Slots] = {}  # per flow run: the task threads share them
-
-
 @task(name="stage", task_run_name="{stage}")
-def run_stage(stage: str, parent_run_id: str | None, slots_key: str = "") -> dict:
+def run_stage(stage: str, parent_run_id: str | None) -> dict:
     """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
     logger = get_run_logger()
-    slots = _SLOTS.get(slots_key)
-    with slots.hold(stage) if slots else contextlib.nullcontext({}) as slot:
-        # stream the stage's output live (progress lines included) into the Prefect log
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
-            env=stage_env(parent_run_id),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        lines = []
-        for line in proc.stdout:
-            line = line.rstrip()
-            lines.append(line)
-            if line.strip():
-                logger.info("%s | %s", stage, line)
-        proc.wait()
-        slot["ok"] = proc.returncode == 0
+    # stream the stage's output live (progress lines included) into the Prefect log
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
+        env=stage_env(parent_run_id),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    lines = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        lines.append(line)
+        if line.strip():
+            logger.info("%s | %s", stage, line)
+    proc.wait()
     if proc.returncode != 0:
         # the stage's own one-line error, else DVC's
         ours = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
@@ -298,11 +269,10 @@ def dvc_lock_tags() -> dict[str, str]:
     return tags
 
 
-def publish_tables(results: dict[str, dict[str, float]], raw: dict[str, dict]) -> None:
-    """Prefect table artifacts: each stage's headline metrics, the GPT-1 ablation table and
-    the GPT-2/3 accuracy-by-shots table (from the stages' metrics files, `raw`)."""
-    from tasks import evaluate, finetune_report, prompt_eval, sft
-
+def publish_tables(cfg, results: dict[str, dict[str, float]]) -> None:
+    """Prefect artifacts on the flow run: each stage's headline metrics, and the tables the stages
+    wrote (GPT-1 ablations, GPT-2/3 accuracy by k, SFT by kind, the InstructGPT comparison) as
+    they are, so the UI shows the same rounding and order as the files."""
     summary = [
         {"stage": s, "metric": k, "value": round(v, 4)}
         for s, m in results.items()
@@ -311,16 +281,15 @@ def publish_tables(results: dict[str, dict[str, float]], raw: dict[str, dict]) -
     ]
     create_table_artifact(summary, key="stage-metrics", description="Headline metrics of each stage (ran = 0: DVC skipped it)")
     tables = (
-        ("finetune_report", finetune_report.table_rows, "finetune-ablations", "GPT-1 fine-tuning test accuracy: tasks × {pretrain, scratch} × λ"),
-        ("prompt_eval", prompt_eval.table_rows, "prompt-eval", "Zero/one/few-shot accuracy by task and k, chance beside it"),
-        ("sft", lambda m: sft.table_rows(m["oracle_score"]), "sft-oracle",
-         "Mean oracle score on held-out rl_eval prompts by kind: pre-trained zero/few-shot vs SFT"),
-        ("evaluate", evaluate.table_rows, "instructgpt-comparison",
+        (cfg.finetune.table_file, "finetune-ablations", "GPT-1 fine-tuning test accuracy: tasks × {pretrain, scratch} × λ"),
+        (cfg.prompt_eval.table_file, "prompt-eval", "Zero/one/few-shot accuracy by task and k, chance beside it"),
+        (cfg.sft.table_file, "sft-oracle", "Mean oracle score on held-out rl_eval prompts by kind: pre-trained zero/few-shot vs SFT"),
+        (cfg.evaluate.table_file, "instructgpt-comparison",
          "Held-out rl_eval prompts judged by the oracle: win rates vs SFT, RM score, KL, alignment tax"),
     )
-    for stage, rows, key, description in tables:
-        if raw.get(stage):
-            create_table_artifact(rows(raw[stage]), key=key, description=description)
+    for path, key, description in tables:
+        if Path(path).is_file():
+            create_markdown_artifact(Path(path).read_text(encoding="utf-8"), key=key, description=description)
 
 
 @flow(name="instructflow", log_prints=True)
@@ -332,35 +301,42 @@ def instructflow(overrides: list[str] | None = None) -> dict:
     cfg = configure(overrides)
     parent_id = tracking.start_parent_run(cfg, "pipeline", overrides)
     status = "FAILED"
-    results, raw = {}, {}
+    results = {}
     graph = stage_graph()
-    key = str(id(cfg))
-    _SLOTS[key] = Slots(cfg.pipeline.concurrency, list(cfg.pipeline.gpu_stages), cfg.device, graph)
-    order = stages(graph)
-    futures = {}
+    gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda_available())
+    plan = Scheduler(graph, cfg.pipeline.concurrency, cfg.pipeline.gpu_stages if gpu else ())
+    futures: dict = {}
+    logger = get_run_logger()
     try:
-        for stage in order:
-            if stage == "collect_rankings" and cfg.collect_rankings.labeler == "human":
-                # a person ranks in the flow's own body (only a flow pauses), once the candidates exist
-                for up in graph[stage]:
-                    futures[up].result()
-                ask_people(cfg)
-            futures[stage] = run_stage.submit(stage, parent_id, key, wait_for=[futures[u] for u in graph[stage]])
-        wait(list(futures.values()))
-        for stage in order:  # the first failure upstream-first: its own one-line error
-            state = futures[stage].state
-            if state.is_failed() or state.is_crashed():
-                futures[stage].result()  # raises the stage's StageFailed
+        said = None
+        while True:
+            for stage in plan.start():
+                if stage == "collect_rankings" and cfg.collect_rankings.labeler == "human":
+                    ask_people(cfg)  # a person ranks in the flow's own body (only a flow pauses)
+                # wait_for: the upstream runs, done by now, so the UI draws the DAG's edges
+                futures[stage] = run_stage.submit(stage, parent_id, wait_for=[futures[u] for u in graph[stage]])
+            waiting = plan.ready()
+            if waiting and waiting != said:
+                logger.info("waiting for a slot: %s (running: %s)", ", ".join(waiting), ", ".join(sorted(plan.running)))
+            said = waiting
+            if not plan.running:
+                break
+            fut = next(as_completed([futures[s] for s in plan.running]))
+            plan.finish(next(s for s in plan.running if futures[s] is fut), fut.state.is_completed())
+        if plan.failed:
+            if plan.never_ran():
+                logger.error("not run, a stage upstream failed: %s", ", ".join(plan.never_ran()))
+            for stage in plan.order:  # the first failure upstream-first: its own one-line error
+                if stage in plan.failed:
+                    futures[stage].result()  # raises the stage's StageFailed
         for stage, fut in futures.items():
             r = fut.result()
-            raw[stage] = read_stage_metrics(cfg, stage)
-            results[stage] = numeric_leaves(raw[stage])
+            results[stage] = numeric_leaves(read_stage_metrics(cfg, stage))
             if not r["ran"] and parent_id:
                 log_cached_stage(cfg, stage, parent_id, results[stage])
             results[stage]["ran"] = float(r["ran"])
         status = "FINISHED"
     finally:
-        _SLOTS.pop(key, None)
         if parent_id:
             import mlflow
 
@@ -368,7 +344,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
             for k, v in dvc_lock_tags().items():
                 client.set_tag(parent_id, k, v)
             client.set_terminated(parent_id, status=status)
-    publish_tables(results, raw)
+    publish_tables(cfg, results)
     create_markdown_artifact(
         "\n".join(
             [

@@ -1,10 +1,9 @@
 """The flow's task graph is DVC's own stage graph of dvc.yaml: the real edges, nothing hand-kept."""
 
-import threading
-import time
+import os
 
 from conftest import ROOT
-from flows.pipeline import Slots, critical_path, stage_graph, stages
+from flows.pipeline import Scheduler, critical_path, stage_graph, stages
 
 
 def test_graph_is_dvcs_and_the_order_is_topological():
@@ -24,58 +23,40 @@ def test_graph_is_dvcs_and_the_order_is_topological():
 
 
 def test_a_free_slot_goes_to_the_longest_chain_first():
-    """Critical path = stages still behind a stage; with one slot taken, waiting stages get it in
-    that order (ties: first come), so SFT is not queued behind the fine-tuning tasks."""
-    depth = critical_path(stage_graph(ROOT))
+    """Critical path = stages still behind a stage; ready stages get free slots in that order
+    (ties: DAG order), so SFT is not queued behind the fine-tuning tasks."""
+    graph = stage_graph(ROOT)
+    depth = critical_path(graph)
     assert depth["evaluate"] == 1 and depth["finetune_report"] == 1 and depth["finetune@story_cloze"] == 2
     assert depth["sft"] > depth["prompt_eval"] and depth["sft"] > depth["finetune@sentiment"]
     assert depth["data"] == max(depth.values())
 
-    slots = Slots(1, [], "cpu", priority={"finetune@a": 2, "finetune@b": 2, "sft": 6, "prompt_eval": 1})
-    got = []
-
-    def take(stage):
-        with slots.hold(stage) as slot:
-            got.append(stage)
-            slot["ok"] = True
-
-    slots._acquire("pretrain")  # the one slot is busy
-    threads = []
-    for stage in ("finetune@a", "prompt_eval", "finetune@b", "sft"):
-        threads.append(threading.Thread(target=take, args=(stage,)))
-        threads[-1].start()
-        while len(slots.waiting) < len(threads):  # each is queued before the next arrives
-            time.sleep(0.01)
-    slots._release("pretrain", True)
-    for t in threads:
-        t.join(10)
-    assert got == ["sft", "finetune@a", "finetune@b", "prompt_eval"] and slots.free == 1
+    plan = Scheduler(graph, 2)
+    assert plan.start() == ["data"] and plan.start() == []  # tokenize waits for data, not for a slot
+    for stage in ("data", "tokenize"):
+        plan.finish(stage, True)
+        plan.start()
+    plan.finish("pretrain", True)
+    ready = plan.ready()
+    assert ready[0] == "sft" and ready.index("sft") < ready.index("prompt_eval")
+    assert plan.start() == ready[:2] and plan.running == set(ready[:2])  # two slots, two stages
+    assert plan.start() == [] and plan.ready() == ready[2:]  # the rest wait, none is running
 
 
-def test_a_released_slot_waits_for_the_stage_it_made_ready():
-    """candidates -> collect_rankings: when candidates ends, its slot is kept for collect_rankings
-    (which arrives a moment later, after Prefect resolves its inputs), not handed to a fine-tuning
-    stage already queued; a failed stage keeps nothing."""
-    graph = {"sft": [], "candidates": ["sft"], "collect_rankings": ["candidates"], "finetune@a": []}
-    for ok, first in ((True, "collect_rankings"), (False, "finetune@a")):
-        slots = Slots(1, [], "cpu", graph, priority={"collect_rankings": 4, "finetune@a": 2})
-        slots.done.add("sft")
-        got = []
+def test_gpu_stages_one_at_a_time_and_a_failure_stops_only_its_branch():
+    graph = {"sft": [], "rm": ["sft"], "ppo": ["sft", "rm"], "ft@a": [], "ft@b": [], "report": ["ft@a", "ft@b"]}
+    plan = Scheduler(graph, 3, gpu_stages=["sft", "ft"])
+    first = plan.start()
+    assert first[0] == "sft" and "ft@a" not in first and "ft@b" not in first  # one GPU stage at a time
+    plan.finish("sft", False)
+    assert plan.start() == ["ft@a"]  # the GPU is free again; nothing downstream of sft starts
+    plan.finish("ft@a", True)
+    assert plan.start() == ["ft@b"]
+    plan.finish("ft@b", True)
+    assert plan.start() == ["report"]
+    plan.finish("report", True)
+    assert plan.start() == [] and not plan.running and plan.never_ran() == ["rm", "ppo"]
 
-        def take(stage):
-            with slots.hold(stage) as slot:
-                got.append(stage)
-                slot["ok"] = True
 
-        slots._acquire("candidates")
-        ft = threading.Thread(target=take, args=("finetune@a",))
-        ft.start()
-        while not slots.waiting:
-            time.sleep(0.01)
-        slots._release("candidates", ok)
-        time.sleep(0.2)  # the fine-tuning stage would have taken the slot by now
-        nxt = threading.Thread(target=take, args=("collect_rankings",))
-        nxt.start()
-        for t in (ft, nxt):
-            t.join(10)
-        assert got[0] == first and slots.free == 1 and not slots.reserved
+def test_concurrency_zero_means_the_cpu_count():
+    assert Scheduler({"a": []}, 0).slots == (os.cpu_count() or 1)
