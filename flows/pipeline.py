@@ -322,13 +322,15 @@ def instructflow(overrides: list[str] | None = None) -> dict:
             if not plan.running:
                 break
             fut = next(as_completed([futures[s] for s in plan.running]))
+            fut.wait()  # records the final state on the future (else `state` asks the API, which may lag)
             plan.finish(next(s for s in plan.running if futures[s] is fut), fut.state.is_completed())
-        if plan.failed:
-            if plan.never_ran():
-                logger.error("not run, a stage upstream failed: %s", ", ".join(plan.never_ran()))
-            for stage in plan.order:  # the first failure upstream-first: its own one-line error
-                if stage in plan.failed:
-                    futures[stage].result()  # raises the stage's StageFailed
+        if plan.never_ran():
+            logger.error("not run, a stage upstream failed: %s", ", ".join(plan.never_ran()))
+        for stage in plan.order:  # the first failure upstream-first: its own one-line error
+            if stage in plan.failed:
+                futures[stage].result()  # raises the stage's StageFailed
+        if plan.failed or plan.never_ran():  # never reached unless a state and its result disagree
+            raise StageFailed(f"stages failed: {', '.join(sorted(plan.failed))}; not run: {', '.join(plan.never_ran())}")
         for stage, fut in futures.items():
             r = fut.result()
             results[stage] = numeric_leaves(read_stage_metrics(cfg, stage))

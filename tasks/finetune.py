@@ -463,11 +463,6 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
 
 def task_epochs(fc: FinetuneConfig) -> FinetuneConfig:
     """`fc` with `epochs` set to `task_epochs[task]` when the task has its own count."""
-    for name, n in fc.task_epochs.items():
-        if not isinstance(n, int) or n < 1:
-            raise InputError(f"finetune.task_epochs.{name}={n!r}: must be a whole number of epochs >= 1")
-    if fc.epochs < 1:
-        raise InputError(f"finetune.epochs={fc.epochs}: must be >= 1")
     return dataclasses.replace(fc, epochs=fc.task_epochs.get(fc.task, fc.epochs))
 
 

@@ -237,7 +237,7 @@ BAD_CORPORA = {  # case: (file, bytes, expected message)
     "missing column": ("nocol.csv", b"body\nhello\n", r"nocol\.csv: no column 'text' \(data\.text_column\)"),
 }
 BAD_TASKS = {  # case: (task type, text of every split file ("csv:" = a .csv file), extra keys, expected message)
-    "unknown task type": ("regression", "{}\n", {}, r"data\.tasks\[0\]\.type: unknown task type 'regression'"),
+    "unknown task type": ("regression", "{}\n", {}, r"data\.tasks\[0\]\.type: must be one of classification, entailment, similarity, multiple_choice, got 'regression'"),
     "label outside set": ("classification", "csv:text,label\na,pos\nb,meh\n", {"labels": ["neg", "pos"]},
                           r"train\.csv: row 2: label 'meh' is not one of data\.tasks\[0\]\.labels"),
     "empty split": ("classification", "", {"labels": ["a"]}, r"train\.jsonl: split 'train' of task 't' is empty"),

@@ -402,5 +402,5 @@ def test_task_epochs_override_only_their_task(workspace, capsys):
     finetune.run(compose([*args, "+finetune.task_epochs.story_cloze=3"]))
     err = capsys.readouterr().err
     assert "sentiment pretrain lm0.5 epoch 1/1" in err and "epoch 2/" not in err
-    with pytest.raises(InputError, match=r"finetune.task_epochs.sentiment=0: must be a whole number of epochs >= 1"):
+    with pytest.raises(InputError, match=r"finetune.task_epochs.sentiment: must be >= 1, got 0"):
         finetune.run(compose([*args, "+finetune.task_epochs.sentiment=0"]))

@@ -310,7 +310,7 @@ def test_kill_and_resume_gives_the_same_curve(ppo_workspace):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("beta", "ppo.beta: must be >= 0, got -0.1"),  # a hand-edited params.yaml: the schema refuses it
+    ("beta", "params.yaml: ppo.beta: must be >= 0, got -0.1"),  # a hand-edited params.yaml: the schema refuses it
     ("no_sft", "models/sft: no SFT policy checkpoint (run the sft stage first)"),
     ("no_rm", "models/rm: no reward model checkpoint (run the train_rm stage first)"),
     ("tokenizer", "models/rm/tokenizer.json differs from the policy's models/sft/tokenizer.json"),
