@@ -33,7 +33,6 @@ Outputs: `out_dir` (checkpoint), `metrics_file`, `curve_file` (one row per logge
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from model.load import from_pretrained
 from model.instruct import MIN_NEW_TOKENS, encode_example, encode_prompt, pad_right, respond, response_logprobs, response_targets
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
+from model.loop import Loop
 from model.train import curve_csv, epoch_order, generator, optimizer_step, set_dropout, set_lr, warmup_cosine
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, torch_threads
@@ -218,70 +218,66 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
     steps_per_epoch = math.ceil(len(pairs) / dc.batch_size)
     total = dc.epochs * steps_per_epoch
     opt = policy.configure_optimizers(dc.weight_decay, dc.lr, (0.9, 0.95), "cuda" if device.startswith("cuda") else "cpu")
-    step, history, evals = 0, [], []
+    loop = Loop("dpo", total, eval_every=dc.eval_every, log_every=dc.log_every, ckpt_every=dc.ckpt_every,
+                progress=dc.progress, state=start.trainer_state if resume else None)
+    history, evals = loop.history, list(start.trainer_state["evals"]) if resume else []
     if resume:
-        st = start.trainer_state
-        opt.load_state_dict(st["optimizer"])
-        step, history, evals = int(st["step"]), list(st["history"]), list(st["evals"])
+        opt.load_state_dict(start.trainer_state["optimizer"])
 
     def save() -> None:
-        meta = {"stage": "dpo", "step": step, "reference": str(ref_dir), "loss": dc.loss, "beta": dc.beta, "pairs": dc.pairs,
+        meta = {"stage": "dpo", "step": loop.step, "reference": str(ref_dir), "loss": dc.loss, "beta": dc.beta, "pairs": dc.pairs,
                 "last": history[-1] if history else None, "format": "prompt\\nAnswer: response<|endoftext|>",
                 "config": OmegaConf.to_container(cfg, resolve=True)}
-        state = {"optimizer": opt.state_dict(), "step": step, "history": history, "evals": evals}
+        state = {"optimizer": opt.state_dict(), **loop.state(), "evals": evals}
         save_checkpoint(out_dir, policy, meta, tokenizer_path=policy_dir / "tokenizer.json", trainer_state=state)
 
     def run_eval() -> dict:
         if not eval_rows:
             return {}
-        e = evaluate_samples(policy, ref, tok, eval_rows, eval_ids, rm, dc, step, device)
-        evals.append({"step": step, **e})
-        tracking.log_metrics({f"eval/{k}": v for k, v in e.items()}, step=step)
+        e = evaluate_samples(policy, ref, tok, eval_rows, eval_ids, rm, dc, loop.step, device)
+        evals.append({"step": loop.step, **e})
+        tracking.log_metrics({f"eval/{k}": v for k, v in e.items()}, step=loop.step)
         return e
 
-    if step == 0 and not evals:
+    if loop.step == 0 and not evals:
         history.append({"step": 0, "epoch": 0, **run_eval()})
     acc: dict[str, float] = {}
-    t0 = time.perf_counter()
-    while step < total:
-        epoch, i = divmod(step, steps_per_epoch)
+    while loop.running():
+        epoch, i = divmod(loop.step, steps_per_epoch)
         order = epoch_order(dc.seed, epoch, len(pairs))
         idx = order[i * dc.batch_size : (i + 1) * dc.batch_size]
-        lr = warmup_cosine(step, total, dc.warmup_steps, dc.lr, dc.min_lr)
+        lr = warmup_cosine(loop.step, total, dc.warmup_steps, dc.lr, dc.min_lr)
         set_lr(opt, lr)
         policy.train()
         chosen, rejected = pair_logprobs(policy, [pairs[j] for j in idx], tok.pad_id, device, mean)
         r = ref_lp[idx].to(device)
         loss, st = rl.dpo_loss(chosen, rejected, r[:, 0], r[:, 1], dc.beta, dc.loss)
         optimizer_step(loss, opt, policy.parameters(), dc.grad_clip,
-                       f"dpo: non-finite loss at step {step + 1}; last good checkpoint kept in {out_dir}")
-        step += 1
+                       f"dpo: non-finite loss at step {loop.step + 1}; last good checkpoint kept in {out_dir}")
+        loop.advance()
         now = {"loss": loss.item(), "reward_acc": st["reward_acc"].item(), "reward_margin": st["reward_margin"].item(),
                "chosen_reward": st["chosen_reward"].mean().item(), "rejected_reward": st["rejected_reward"].mean().item(),
                "chosen_logp": chosen.mean().item(), "rejected_logp": rejected.mean().item()}
         for k, v in now.items():
             acc[k] = acc.get(k, 0.0) + v
         acc["n"] = acc.get("n", 0) + 1
-        do_eval = (dc.eval_every and step % dc.eval_every == 0) or step == total
-        if step % max(1, dc.log_every) == 0 or do_eval:
+        if loop.logging():
             n = acc.pop("n")
-            rec = {"step": step, "epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in acc.items()}}
+            rec = {"step": loop.step, "epoch": epoch + 1, "lr": lr, **{k: v / n for k, v in acc.items()}}
             acc = {}
-            if do_eval:
+            if loop.evaluating():
                 rec.update(run_eval())
             history.append(rec)
-            tracking.log_metrics({f"dpo/{k}": v for k, v in rec.items() if k != "step"}, step=step)
-            if dc.progress:
-                ev = f" | kl {rec['kl']:.2f} oracle {rec['oracle_score']:.3f} greedy {rec['eval_oracle_score']:.3f}" if "kl" in rec else ""
-                print(f"dpo step {step}/{total} loss {rec['loss']:.4f} acc {rec['reward_acc']:.3f} margin {rec['reward_margin']:.3f} "
-                      f"logp w {rec['chosen_logp']:.2f} l {rec['rejected_logp']:.2f} ({time.perf_counter() - t0:.0f} s){ev}",
-                      file=sys.stderr, flush=True)
-        if dc.ckpt_every and step % dc.ckpt_every == 0 and step < total:
+            tracking.log_metrics({f"dpo/{k}": v for k, v in rec.items() if k != "step"}, step=loop.step)
+            ev = f" | kl {rec['kl']:.2f} oracle {rec['oracle_score']:.3f} greedy {rec['eval_oracle_score']:.3f}" if "kl" in rec else ""
+            loop.say(f"loss {rec['loss']:.4f} acc {rec['reward_acc']:.3f} margin {rec['reward_margin']:.3f} "
+                     f"logp w {rec['chosen_logp']:.2f} l {rec['rejected_logp']:.2f}{ev}")
+        if loop.checkpointing():
             save()
     save()
     first = next((h for h in history if "chosen_logp" in h), None)
     metrics = {
-        "loss": dc.loss, "beta": dc.beta, "pairs_from": dc.pairs, "steps": step, "epochs": dc.epochs,
+        "loss": dc.loss, "beta": dc.beta, "pairs_from": dc.pairs, "steps": loop.step, "epochs": dc.epochs,
         "data": {"train_prompts": len(train_df), "heldout_prompts": len(held_df), "train_pairs": len(pairs),
                  "heldout_pairs": len(held_pairs), **counts, **{f"heldout_{k}": v for k, v in held_counts.items()}},
         "final": history[-1] if history else None,
@@ -289,7 +285,7 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
                         "rejected": history[-1]["rejected_logp"] - first["rejected_logp"]} if first and first is not history[-1] else None,
         "eval": {"before": evals[0] if evals else None, "after": evals[-1] if evals else None},
         "heldout": heldout_metrics(policy, held_pairs, held_ref, dc, tok.pad_id, device),
-        "seconds": {"reference_logprobs": ref_seconds, "train": time.perf_counter() - t0},
+        "seconds": {"reference_logprobs": ref_seconds, "train": loop.seconds()},
     }
     atomic_write_json(dc.metrics_file, metrics)
     atomic_write_text(dc.curve_file, curve_csv(history, CURVE))

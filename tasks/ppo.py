@@ -73,7 +73,6 @@ Outputs, named by `variant`: `{models_dir}/{variant}/` (checkpoint), `{metrics_d
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -91,6 +90,7 @@ from model.reward import RewardModel
 from model.data import step_offsets, window_batch
 from model.ppo import PTX, SAMPLE, Batch, Learner, experience, make_batch, optimizers, train_update
 from model.tokenizer import Tokenizer
+from model.loop import Loop
 from model.train import curve_csv, generator, set_dropout, stream_indices
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, finite_or_none, resolve_device, torch_threads
@@ -283,13 +283,15 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     policy_opt, value_opt = optimizers(policy, critic, pc, device)
     learner = Learner(policy, critic, policy_opt, value_opt, pc.value == "shared")
     kl_ctl = rl.KLController(pc.beta, pc.kl_target, pc.kl_horizon)
-    update, history, norm, evals = 0, [], None, []
+    loop = Loop(f"ppo[{pc.variant}]", pc.updates, eval_every=pc.eval_every, ckpt_every=pc.ckpt_every, progress=pc.progress,
+                unit="update", step_key="update", state=start.trainer_state if resume else None)
+    history, norm, evals = loop.history, None, []
     if resume:
         st = start.trainer_state
         policy_opt.load_state_dict(st["policy_opt"])
         if value_opt is not None:
             value_opt.load_state_dict(st["value_opt"])
-        update, history, evals = int(st["update"]), list(st["history"]), list(st["evals"])
+        evals = list(st["evals"])
         kl_ctl.beta, norm = float(st["beta"]), st["reward_norm"]
     scorer = Scorer(pc, rm, norm)
 
@@ -302,13 +304,13 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
               "prompts_cut": sum(e[1] for e in enc)}
 
     def save() -> None:
-        meta = {"stage": "ppo", "variant": pc.variant, "update": update, "reference": str(sft), "reward_model": str(rm_dir) if use_rm else None,
+        meta = {"stage": "ppo", "variant": pc.variant, "update": loop.step, "reference": str(sft), "reward_model": str(rm_dir) if use_rm else None,
                 "reward": pc.reward, "value": None if critic_free else pc.value, "estimator": pc.estimator,
                 "group_size": pc.group_size if critic_free else 1, "kl_estimator": pc.kl_estimator, "beta": kl_ctl.beta,
                 "reward_norm": scorer.norm, "ptx_coef": pc.ptx_coef, "last": history[-1] if history else None,
                 "format": "prompt\\nAnswer: response<|endoftext|>", "config": OmegaConf.to_container(cfg, resolve=True)}
         state = {"policy_opt": policy_opt.state_dict(), "value_opt": value_opt.state_dict() if value_opt is not None else None,
-                 "update": update, "history": history, "evals": evals, "beta": kl_ctl.beta, "reward_norm": scorer.norm,
+                 **loop.state(), "evals": evals, "beta": kl_ctl.beta, "reward_norm": scorer.norm,
                  "estimator": pc.estimator}
         save_checkpoint(out_dir, policy, meta, tokenizer_path=sft_tok, trainer_state=state,
                         extra_tensors=critic_tensors(critic, learner.shared) if critic is not None else None)
@@ -316,17 +318,17 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     def run_eval() -> dict:
         if not eval_rows:
             return {}
-        e = {"update": update, **evaluate(policy, tok, eval_rows, eval_ids, scorer, pc, device)}
+        e = {"update": loop.step, **evaluate(policy, tok, eval_rows, eval_ids, scorer, pc, device)}
         evals.append(e)
-        tracking.log_metrics({f"eval/{k}": v for k, v in e.items() if k != "update" and v is not None}, step=update)
+        tracking.log_metrics({f"eval/{k}": v for k, v in e.items() if k != "update" and v is not None}, step=loop.step)
         return e
 
-    if update == 0 and not evals:
+    if loop.step == 0 and not evals:
         run_eval()
     timing = {"rollout_s": 0.0, "score_s": 0.0, "train_s": 0.0}
     timed = 0
-    while update < pc.updates:
-        t0 = time.perf_counter()
+    while loop.running():
+        update, t0 = loop.step, time.perf_counter()
         if critic_free:  # episodes / k prompts, each k times in a row: rows i·k .. i·k + k − 1 are one group
             k = pc.group_size
             idx = [i for i in stream_indices(pc.seed, update * (pc.episodes // k), pc.episodes // k, len(train_rows)) for _ in range(k)]
@@ -351,26 +353,24 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
         rec.update(train_update(learner, batch, pc, update, ptx))
         t3 = time.perf_counter()
         kl_ctl.update(rec["kl"], pc.episodes)
-        update += 1
+        loop.advance()
         timing["rollout_s"] += t1 - t0
         timing["score_s"] += t2 - t1
         timing["train_s"] += t3 - t2
         timed += 1
-        if (pc.eval_every and update % pc.eval_every == 0) or update == pc.updates:
+        if loop.evaluating():
             e = run_eval()
             rec.update({f"eval_{k}": v for k, v in e.items() if k != "update"})
         history.append(rec)
         tracking.log_metrics({f"ppo/{k}": v for k, v in rec.items() if k != "update" and v is not None and math.isfinite(v)}
-                             | {"time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2}, step=update)
-        if pc.samples_every and update % pc.samples_every == 0:
-            log_samples(batch, update, pc.n_samples)
-        if pc.progress:
-            ev = f" | eval oracle {rec['eval_oracle_score']:.3f}" if "eval_oracle_score" in rec else ""
-            rm_s = "-" if rec["rm_score"] is None else f"{rec['rm_score']:.3f}"
-            print(f"ppo[{pc.variant}] update {update}/{pc.updates} rm {rm_s} oracle {rec['oracle_score']:.3f} "
-                  f"kl {rec['kl']:.3f} ent {rec['entropy']:.3f} clip {rec['clip_frac']:.3f} len {rec['response_len']:.1f} "
-                  f"({t1 - t0:.1f}+{t2 - t1:.1f}+{t3 - t2:.1f} s){ev}", file=sys.stderr, flush=True)
-        if pc.ckpt_every and update % pc.ckpt_every == 0 and update < pc.updates:
+                             | {"time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2}, step=loop.step)
+        if pc.samples_every and loop.step % pc.samples_every == 0:
+            log_samples(batch, loop.step, pc.n_samples)
+        ev = f" | eval oracle {rec['eval_oracle_score']:.3f}" if "eval_oracle_score" in rec else ""
+        rm_s = "-" if rec["rm_score"] is None else f"{rec['rm_score']:.3f}"
+        loop.say(f"rm {rm_s} oracle {rec['oracle_score']:.3f} kl {rec['kl']:.3f} ent {rec['entropy']:.3f} "
+                 f"clip {rec['clip_frac']:.3f} len {rec['response_len']:.1f}{ev}", timing=f"{t1 - t0:.1f}+{t2 - t1:.1f}+{t3 - t2:.1f} s")
+        if loop.checkpointing():
             save()
     save()
 
@@ -378,7 +378,7 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     metrics = {
         "variant": pc.variant, "reward": pc.reward, "value": None if critic_free else pc.value, "estimator": pc.estimator,
         "group_size": pc.group_size if critic_free else 1, "kl_estimator": pc.kl_estimator,
-        "ptx_coef": pc.ptx_coef, "updates": update, "episodes": update * pc.episodes, "beta": kl_ctl.beta,
+        "ptx_coef": pc.ptx_coef, "updates": loop.step, "episodes": loop.step * pc.episodes, "beta": kl_ctl.beta,
         "reward_norm": scorer.norm, "prompts": counts,
         "final": {k: sum(h[k] for h in tail) / len(tail) for k in CURVE[2:CURVE.index("eval_oracle_score")]
                   if tail and all(h.get(k) is not None for h in tail)},

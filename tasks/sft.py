@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,6 +40,7 @@ from omegaconf import OmegaConf
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.instruct import encode_example, encode_prompt, encode_response, few_shot_context, pad_right, respond, response_targets
 from model.tokenizer import Tokenizer
+from model.loop import Loop
 from model.train import curve_csv, epoch_order, optimizer_step, set_dropout, set_lr, warmup_cosine
 from tasks import tracking
 from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device, torch_threads)
@@ -140,55 +140,50 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
     steps_per_epoch = math.ceil(len(train_ex) / sc.batch_size)
     total = sc.epochs * steps_per_epoch
     opt = model.configure_optimizers(sc.weight_decay, sc.lr, (0.9, 0.95), "cuda" if device.startswith("cuda") else "cpu")
-    step, history = 0, []
+    loop = Loop("sft", total, eval_every=sc.eval_every, log_every=sc.log_every, ckpt_every=sc.ckpt_every,
+                progress=sc.progress, state=ckpt.trainer_state if resume else None)
     if resume:
-        st = ckpt.trainer_state
-        opt.load_state_dict(st["optimizer"])
-        step, history = int(st["step"]), list(st["history"])
-        torch.set_rng_state(st["rng_cpu"])
+        opt.load_state_dict(ckpt.trainer_state["optimizer"])
+        torch.set_rng_state(ckpt.trainer_state["rng_cpu"])
     else:
         torch.manual_seed(sc.seed)
 
     def save(metrics: dict) -> None:
-        meta = {"stage": "sft", "step": step, "metrics": metrics, "init": str(init), "format": "prompt\\nAnswer: response<|endoftext|>",
+        meta = {"stage": "sft", "step": loop.step, "metrics": metrics, "init": str(init), "format": "prompt\\nAnswer: response<|endoftext|>",
                 "config": OmegaConf.to_container(cfg, resolve=True)}
-        state = {"optimizer": opt.state_dict(), "step": step, "history": history, "rng_cpu": torch.get_rng_state()}
+        state = {"optimizer": opt.state_dict(), **loop.state(), "rng_cpu": torch.get_rng_state()}
         save_checkpoint(out_dir, model, meta, tokenizer_path=tok_dir / "tokenizer.json", trainer_state=state)
 
-    last_val = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
-    t0 = time.perf_counter()
-    while step < total:
-        epoch, i = divmod(step, steps_per_epoch)
+    last_val = next((h["val_loss"] for h in reversed(loop.history) if "val_loss" in h), None)
+    while loop.running():
+        epoch, i = divmod(loop.step, steps_per_epoch)
         order = epoch_order(sc.seed, epoch, len(train_ex))
         batch = [train_ex[j] for j in order[i * sc.batch_size : (i + 1) * sc.batch_size]]
         x, y = batch_tensors(batch, tok.pad_id)
-        set_lr(opt, lr_at(step, total, sc))
+        set_lr(opt, lr_at(loop.step, total, sc))
         model.train()
         _, loss = model(x.to(device), y.to(device))
         optimizer_step(loss, opt, model.parameters(), sc.grad_clip,
-                       f"sft: non-finite loss at step {step + 1}; last good checkpoint kept in {out_dir}")
-        step += 1
-        rec = {"step": step, "train_loss": loss.item()}
-        if (sc.eval_every and step % sc.eval_every == 0) or step == total:
+                       f"sft: non-finite loss at step {loop.step + 1}; last good checkpoint kept in {out_dir}")
+        loop.advance()
+        rec = {"step": loop.step, "train_loss": loss.item()}
+        if loop.evaluating():
             last_val = rec["val_loss"] = val_loss(model, val_ex, tok.pad_id, device)
-        if step % max(1, sc.log_every) == 0 or "val_loss" in rec:
-            history.append(rec)
-            tracking.log_metrics({"train/loss": rec["train_loss"], "train/lr": lr_at(step - 1, total, sc),
-                                  **({"val/loss": rec["val_loss"]} if "val_loss" in rec else {})}, step=step)
-            if sc.progress:
-                val = f" val {rec['val_loss']:.4f}" if "val_loss" in rec else ""
-                print(f"sft step {step}/{total} loss {rec['train_loss']:.4f}{val} ({time.perf_counter() - t0:.0f} s)",
-                      file=sys.stderr, flush=True)
-        if sc.ckpt_every and step % sc.ckpt_every == 0 and step < total:
+        if loop.logging():
+            loop.history.append(rec)
+            tracking.log_metrics({"train/loss": rec["train_loss"], "train/lr": lr_at(loop.step - 1, total, sc),
+                                  **({"val/loss": rec["val_loss"]} if "val_loss" in rec else {})}, step=loop.step)
+            loop.say(f"loss {rec['train_loss']:.4f}" + (f" val {rec['val_loss']:.4f}" if "val_loss" in rec else ""))
+        if loop.checkpointing():
             save({"train_loss": rec["train_loss"], "val_loss": last_val})
     if last_val is None:
         last_val = val_loss(model, val_ex, tok.pad_id, device)
     set_dropout(model, 0.0)
-    metrics = {"train_loss": history[-1]["train_loss"] if history else float("nan"), "val_loss": last_val,
-               "step": step, "epochs": sc.epochs, "train_seconds": time.perf_counter() - t0,
+    metrics = {"train_loss": loop.history[-1]["train_loss"] if loop.history else float("nan"), "val_loss": last_val,
+               "step": loop.step, "epochs": sc.epochs, "train_seconds": loop.seconds(),
                "examples": {"train": train_counts, "val": val_counts}}
     save({k: v for k, v in metrics.items() if k != "examples"})
-    return metrics, history, tok
+    return metrics, loop.history, tok
 
 
 def evaluate(sc: SFTConfig, model, tok: Tokenizer, device: str, seed: int) -> tuple[dict, list[dict]]:

@@ -75,3 +75,21 @@ def test_windows(tmp_path):
     assert x.tolist() == [[0, 1, 2, 3], [10, 11, 12, 13]] and y.tolist() == [[1, 2, 3, 4], [11, 12, 13, 14]]
     assert torch.equal(step_offsets(1, 5, 8, 90), step_offsets(1, 5, 8, 90))
     assert not torch.equal(step_offsets(1, 5, 8, 90), step_offsets(1, 6, 8, 90))
+
+
+def test_loop_cadence_and_resume_state():
+    from model.loop import Loop
+
+    loop = Loop("x", 7, eval_every=3, log_every=2, ckpt_every=4)
+    seen = []
+    while loop.running():
+        loop.advance()
+        seen.append((loop.step, loop.evaluating(), loop.logging(), loop.checkpointing()))
+        if loop.logging():
+            loop.history.append({"step": loop.step})
+    assert [s for s, e, _, _ in seen if e] == [3, 6, 7]  # every 3 and after the last
+    assert [s for s, _, g, _ in seen if g] == [2, 3, 4, 6, 7]  # every 2 and whenever it evaluates
+    assert [s for s, _, _, c in seen if c] == [4]  # never after the last: the caller saves that one
+    again = Loop("x", 9, step_key="update", state={"update": 7, "history": loop.history})
+    assert again.step == 7 and again.history == loop.history and again.state() == {"update": 7, "history": loop.history}
+    assert Loop("x", 0).running() is False
