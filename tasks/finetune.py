@@ -71,7 +71,7 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass
-class Task:
+class LabelledTask:
     name: str
     type: str
     labels: list | None  # classification-style tasks
@@ -87,12 +87,12 @@ class Task:
         return 1 if self.type == "multiple_choice" else len(self.labels)
 
 
-def label_key(v) -> str:
+def class_key(v) -> str:
     """Labels compare by JSON value and type: 1, "1" and true are different labels."""
     return json.dumps(v)
 
 
-def load_task(data_dir: str | Path, name: str) -> Task:
+def load_task(data_dir: str | Path, name: str) -> LabelledTask:
     folder = Path(data_dir) / "tasks" / name
     path = folder / "task.json"
     spec = read_json(path, f"task {name!r}; is it written by the data stage?")
@@ -108,18 +108,18 @@ def load_task(data_dir: str | Path, name: str) -> Task:
         labels = spec.get("labels")
         if not isinstance(labels, list) or len(labels) < 2:
             raise InputError(f"{path}: 'labels' must be a list of at least 2 labels, got {labels!r}")
-        if not all(isinstance(v, (str, int)) for v in labels) or len({label_key(v) for v in labels}) != len(labels):
+        if not all(isinstance(v, (str, int)) for v in labels) or len({class_key(v) for v in labels}) != len(labels):
             raise InputError(f"{path}: 'labels' must be distinct strings or integers, got {labels!r}")
-    return Task(name=name, type=kind, labels=labels, n_choices=n_choices, dir=folder)
+    return LabelledTask(name=name, type=kind, labels=labels, n_choices=n_choices, dir=folder)
 
 
-def read_split(task: Task, split: str) -> tuple[list[dict], list[int]]:
+def read_split(task: LabelledTask, split: str) -> tuple[list[dict], list[int]]:
     """Rows of one split and their label indices; any malformed row is an InputError naming it."""
     path = task.dir / f"{split}.jsonl"
     rows = read_jsonl(path)
     if not rows:
         raise InputError(f"{path}: no rows")
-    index = {label_key(v): i for i, v in enumerate(task.labels or [])}
+    index = {class_key(v): i for i, v in enumerate(task.labels or [])}
     y = []
     for i, row in enumerate(rows, start=1):
         for f in TASK_TYPES[task.type]:
@@ -137,9 +137,9 @@ def read_split(task: Task, split: str) -> tuple[list[dict], list[int]]:
                 raise InputError(f"{path}: row {i}: label {label!r} is not an answer index in 0..{task.n_choices - 1}")
             y.append(label)
         else:
-            if label_key(label) not in index:
+            if class_key(label) not in index:
                 raise InputError(f"{path}: row {i}: label {label!r} is not one of task.json's labels {task.labels}")
-            y.append(index[label_key(label)])
+            y.append(index[class_key(label)])
     return rows, y
 
 
@@ -211,7 +211,7 @@ class Encoded:
     truncated: int  # rows with at least one truncated view
 
 
-def encode_split(task: Task, split: str, tok: Tokenizer, sp: Specials, max_len: int, limit: int = -1) -> Encoded:
+def encode_split(task: LabelledTask, split: str, tok: Tokenizer, sp: Specials, max_len: int, limit: int = -1) -> Encoded:
     rows, y = read_split(task, split)
     if limit > 0:
         rows, y = rows[:limit], y[:limit]
@@ -293,7 +293,7 @@ def evaluate(model: TaskModel, data: Encoded, pad_id: int, batch_size: int, devi
     return out
 
 
-def build_model(init: str, base: GPT, task: Task, fc: FinetuneConfig, device: str, specials: tuple[int, ...] = ()) -> TaskModel:
+def build_model(init: str, base: GPT, task: LabelledTask, fc: FinetuneConfig, device: str, specials: tuple[int, ...] = ()) -> TaskModel:
     if init == "pretrain":
         gpt = GPT(base.config)
         gpt.load_state_dict(base.state_dict())
@@ -314,7 +314,7 @@ def build_model(init: str, base: GPT, task: Task, fc: FinetuneConfig, device: st
 
 
 def train_setting(
-    fc: FinetuneConfig, task: Task, data: dict[str, Encoded], base: GPT, pad_id: int, init: str, lm_coef: float, device: str,
+    fc: FinetuneConfig, task: LabelledTask, data: dict[str, Encoded], base: GPT, pad_id: int, init: str, lm_coef: float, device: str,
     specials: tuple[int, ...] = (),
 ) -> tuple[TaskModel, dict]:
     """Fine-tune one (init, lm_coef) setting; returns the model and its final val/test metrics."""

@@ -32,7 +32,7 @@ class QueryTooLong(InputError):
 
 
 @dataclass
-class Task:
+class PromptTask:
     name: str
     kind: str  # choice | generate
     spec: PromptTemplate
@@ -54,7 +54,7 @@ def template_fields(text: str, key: str) -> set[str]:
     return {re.split(r"[.\[]", n)[0] for n in names}
 
 
-def load_task(data_dir: Path, name: str, spec: PromptTemplate) -> Task:
+def load_task(data_dir: Path, name: str, spec: PromptTemplate) -> PromptTask:
     """Read task.json and both splits; check the template against the task's fields and rows."""
     folder = data_dir / (spec.task or name)
     meta_path = folder / "task.json"
@@ -95,7 +95,7 @@ def load_task(data_dir: Path, name: str, spec: PromptTemplate) -> Task:
         splits[split] = rows
     if not splits["test"]:
         raise InputError(f"{folder / 'test.jsonl'}: no rows")
-    return Task(name, kind, spec, splits["train"], splits["test"])
+    return PromptTask(name, kind, spec, splits["train"], splits["test"])
 
 
 def query_text(spec: PromptTemplate, row: dict) -> str:
@@ -111,7 +111,7 @@ def example_text(spec: PromptTemplate, row: dict) -> str:
     return query_text(spec, row) + target_text(spec, row, row["answer"])
 
 
-def draw_examples(task: Task, item: int, k: int, seed: int) -> list[int]:
+def draw_examples(task: PromptTask, item: int, k: int, seed: int) -> list[int]:
     """Train-row indices of the k examples shown before test item `item`: same seed, same rows.
 
     Rejection sampling from one RNG seeded by (seed, data task, item): a draw of k is a prefix of a
@@ -140,7 +140,7 @@ def draw_examples(task: Task, item: int, k: int, seed: int) -> list[int]:
     return out
 
 
-def fit_context(tok: Tokenizer, task: Task, item: int, examples: list[dict], room: int, need: str) -> tuple[list[int], int]:
+def fit_context(tok: Tokenizer, task: PromptTask, item: int, examples: list[dict], room: int, need: str) -> tuple[list[int], int]:
     """Token ids of instruction + examples + query in at most `room` tokens, and the examples kept.
 
     Drops whole examples oldest-first, then the instruction; raises when the query alone is too long.
@@ -213,7 +213,7 @@ class Request:
     target_ids: list[list[int]]  # each choice's token ids; [] for generate tasks
 
 
-def build_requests(tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig, block_size: int, vocab_size: int) -> list[Request]:
+def build_requests(tok: Tokenizer, task: PromptTask, k: int, pc: PromptEvalConfig, block_size: int, vocab_size: int) -> list[Request]:
     """The first `max_items` test items at k shots, each fitted into `block_size` tokens.
 
     With `too_long=skip` an item whose query alone does not fit is left out (the same items at every k).
@@ -248,7 +248,7 @@ def build_requests(tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig, blo
     return out
 
 
-def evaluate_task(model: GPT, tok: Tokenizer, task: Task, k: int, pc: PromptEvalConfig) -> tuple[dict | None, list[dict], dict[int, bool]]:
+def evaluate_task(model: GPT, tok: Tokenizer, task: PromptTask, k: int, pc: PromptEvalConfig) -> tuple[dict | None, list[dict], dict[int, bool]]:
     """Accuracy of one task at k shots, the first few items rendered (for inspection), and
     {test item: correct} (for paired comparisons between k).
 
@@ -316,7 +316,7 @@ def check_config(pc: PromptEvalConfig) -> list[str]:
     return names
 
 
-def evaluate(model: GPT, tok: Tokenizer, tasks: list[Task], pc: PromptEvalConfig) -> tuple[dict, dict]:
+def evaluate(model: GPT, tok: Tokenizer, tasks: list[PromptTask], pc: PromptEvalConfig) -> tuple[dict, dict]:
     """{task: {k<k>: metrics}} for every task and k, and the rendered samples by "task/k<k>"."""
     results, samples = {}, {}
     for task in tasks:

@@ -352,7 +352,7 @@ def test_special_init_mean_moves_only_the_special_rows(tok):
     t, _ = tok
     sp = Specials.of(t)
     base = tiny_gpt(t.vocab_size, seed=5)
-    task = finetune.Task("t", "classification", ["a", "b"], None, Path("."))
+    task = finetune.LabelledTask("t", "classification", ["a", "b"], None, Path("."))
     specials = (sp.start, sp.delim, sp.extract)
     fc = compose(["finetune.special_init=mean"]).finetune
     w0 = base.transformer.wte.weight.detach()

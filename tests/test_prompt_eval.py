@@ -26,7 +26,7 @@ from model.scoring import score_choices
 from tasks.prompt_eval import run, table_rows
 from tasks.prompting import (
     PromptTemplate,
-    Task,
+    PromptTask,
     build_requests,
     cut_at_stop,
     draw_examples,
@@ -113,7 +113,7 @@ def world(tmp_path_factory):
     return prompts, root / "ckpt"
 
 
-def task_of(world, name: str, **spec) -> Task:
+def task_of(world, name: str, **spec) -> PromptTask:
     return load_task(world[0], name, PromptTemplate(**(TEMPLATES[name] | spec)))
 
 
