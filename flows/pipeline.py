@@ -184,32 +184,32 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-@task(name="stage", task_run_name="{stage}")
-def run_stage(stage: str, parent_run_id: str | None) -> dict:
-    """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
+def run_logged(cmd: list[str], env: dict, label: str, what: str | None = None) -> list[str]:
+    """Runs `cmd`, streaming each output line (progress lines included) into the Prefect log as
+    `label | line` while it runs; its lines, or StageFailed with its own one-line error (else
+    DVC's, else its last line) when it fails."""
     logger = get_run_logger()
-    # stream the stage's output live (progress lines included) into the Prefect log
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
-        env=stage_env(parent_run_id),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines = []
     for line in proc.stdout:
         line = line.rstrip()
         lines.append(line)
         if line.strip():
-            logger.info("%s | %s", stage, line)
+            logger.info("%s | %s", label, line)
     proc.wait()
     if proc.returncode != 0:
-        # the stage's own one-line error, else DVC's
         ours = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
         theirs = [ln[len("ERROR: ") :] for ln in lines if ln.startswith("ERROR: ")]
         detail = (ours or theirs or [ln for ln in lines if ln.strip()] or ["no output"])[-1]
-        raise StageFailed(f"stage {stage} failed: {detail}")
+        raise StageFailed(f"{what or label} failed: {detail}")
+    return lines
+
+
+@task(name="stage", task_run_name="{stage}")
+def run_stage(stage: str, parent_run_id: str | None) -> dict:
+    """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
+    lines = run_logged([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
+                       stage_env(parent_run_id), stage, f"stage {stage}")
     skipped = any("didn't change, skipping" in ln for ln in lines)
     return {"stage": stage, "ran": not skipped}
 
@@ -331,8 +331,8 @@ def instructflow(overrides: list[str] | None = None) -> dict:
                 futures[stage].result()  # raises the stage's StageFailed
         if plan.failed or plan.never_ran():  # never reached unless a state and its result disagree
             raise StageFailed(f"stages failed: {', '.join(sorted(plan.failed))}; not run: {', '.join(plan.never_ran())}")
-        for stage, fut in futures.items():
-            r = fut.result()
+        for stage in plan.order:  # DAG order, whatever order they ran in
+            r = futures[stage].result()
             results[stage] = numeric_leaves(read_stage_metrics(cfg, stage))
             if not r["ran"] and parent_id:
                 log_cached_stage(cfg, stage, parent_id, results[stage])

@@ -24,7 +24,6 @@ run `scaling`, the stage runs nested under it.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import StageFailed, stage_env
+from flows.pipeline import StageFailed, run_logged, stage_env
 from tasks import tracking
 from tasks.common import InputError
 from tasks.config import ConfigError, compose
@@ -67,21 +66,6 @@ def check_sizes(cfg) -> None:
             raise ConfigError(f"scaling.sizes.{s.name}: n_embd={s.n_embd} must be a multiple of n_head={s.n_head}, n_layer >= 1")
 
 
-def _run(cmd: list[str], env: dict, label: str) -> None:
-    logger = get_run_logger()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    lines = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        lines.append(line)
-        if line.strip():
-            logger.info("%s | %s", label, line)
-    proc.wait()
-    if proc.returncode != 0:
-        ours = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
-        raise StageFailed(f"{label} failed: {(ours or [ln for ln in lines if ln.strip()] or ['no output'])[-1]}")
-
-
 def with_experiment(overrides: list[str]) -> list[str]:
     """`experiment=scaling` first, unless the overrides choose an experiment themselves."""
     overrides = list(overrides or [])
@@ -102,7 +86,7 @@ def prepare(cfg, overrides: list[str], parent_id: str | None) -> None:
         if OmegaConf.to_container(params[section]) != OmegaConf.to_container(cfg[section]):
             raise ConfigError(f"{PARAMS_FILE}: its {section} settings differ from this run's; the sizes would not read the "
                               f"corpus DVC builds (write it with `python -m tasks.config` and the same overrides)")
-    _run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "tokenize"], stage_env(parent_id), "dvc repro tokenize")
+    run_logged([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "tokenize"], stage_env(parent_id), "dvc repro tokenize")
 
 
 RESULT_SECTIONS = ("seed", "device", "data", "tokenizer", "model", "pretrain", "prompt_eval")
@@ -128,8 +112,8 @@ def run_size(name: str, overrides: list[str], parent_id: str | None, metrics_dir
         return {"size": name, "ran": False}
     record.unlink(missing_ok=True)  # a half-done size is never taken for a finished one
     env = stage_env(parent_id)
-    _run([sys.executable, "-m", "tasks.pretrain", *overrides], env, f"{name} pretrain")
-    _run([sys.executable, "-m", "tasks.prompt_eval", *overrides], env, f"{name} prompt_eval")
+    run_logged([sys.executable, "-m", "tasks.pretrain", *overrides], env, f"{name} pretrain")
+    run_logged([sys.executable, "-m", "tasks.prompt_eval", *overrides], env, f"{name} prompt_eval")
     met.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
     return {"size": name, "ran": True}

@@ -31,8 +31,8 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import StageFailed, stage_env
-from flows.scaling import _run, cli
+from flows.pipeline import StageFailed, run_logged, stage_env
+from flows.scaling import cli
 from tasks import tracking
 from tasks.config import ConfigError, compose
 
@@ -88,7 +88,7 @@ def run_method(method: str, seed: int, overrides: list[str], parent_id: str | No
         return {"run": f"{method}@{seed}", "ran": False}
     rec.unlink(missing_ok=True)  # a half-done run is never taken for a finished one
     module = "tasks.dpo" if method == "dpo" else "tasks.ppo"
-    _run([sys.executable, "-m", module, *overrides], stage_env(parent_id), f"{method}@{seed}")
+    run_logged([sys.executable, "-m", module, *overrides], stage_env(parent_id), f"{method}@{seed}")
     rec.parent.mkdir(parents=True, exist_ok=True)
     rec.write_text(json.dumps(want, indent=1, sort_keys=True) + "\n")
     return {"run": f"{method}@{seed}", "ran": True}
@@ -111,7 +111,7 @@ def evaluate_overrides(cfg, seed: int) -> list[str]:
 
 @task(name="evaluate", task_run_name="evaluate@{seed}")
 def run_evaluate(seed: int, overrides: list[str], parent_id: str | None) -> None:
-    _run([sys.executable, "-m", "tasks.evaluate", *overrides], stage_env(parent_id), f"evaluate@{seed}")
+    run_logged([sys.executable, "-m", "tasks.evaluate", *overrides], stage_env(parent_id), f"evaluate@{seed}")
 
 
 @task(name="report")
