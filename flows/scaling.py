@@ -10,9 +10,9 @@ params.yaml must hold the same `data` and `tokenizer` settings as this compositi
 pre-trained at every size of `scaling.sizes`, each with the same steps, tokens, schedule and
 seed (`experiment=scaling` on top of the default configuration), and each model is scored by
 the `prompt_eval` stage's code at every k of `prompt_eval.shots`. `tasks.scaling` then writes
-`scaling.report_file` (params, validation loss, accuracy by task and k, the paired few-shot
-gain) and `scaling.plot_file` (GPT-3 Figure 1.2: accuracy against k per size; Figure 3.x: the
-few-shot gain against parameters).
+`scaling.report_file` (params, validation loss, the ICL score pre-training measured, accuracy by
+task and k, the paired few-shot gain) and `scaling.plot_file` (GPT-3 Figure 1.2: accuracy against
+k per size; Figure 3.x: the few-shot gain against parameters; the ICL score against parameters).
 
 Each size is one Prefect task running `python -m tasks.pretrain` and then `python -m
 tasks.prompt_eval` with that size's overrides; a size whose recorded settings
@@ -49,6 +49,7 @@ def size_overrides(cfg, size) -> list[str]:
         f"model.name={size.name}", f"model.n_layer={size.n_layer}", f"model.n_head={size.n_head}",
         f"model.n_embd={size.n_embd}", f"pretrain.max_steps={steps}", f"pretrain.out_dir={out}",
         f"pretrain.metrics_file={met}/pretrain.json", f"pretrain.curve_file={met}/pretrain_curve.csv",
+        f"pretrain.position_loss_file={met}/pretrain_position_loss.csv",
         f"prompt_eval.model={out}", f"prompt_eval.metrics_file={met}/prompt_eval.json",
         f"prompt_eval.table_file={met}/prompt_eval_table.md", f"prompt_eval.curve_file={met}/prompt_eval_curve.csv",
         f"prompt_eval.plot_file={met}/prompt_eval_curve.png",

@@ -15,6 +15,12 @@ With `short_fraction` > 0 that share of every micro-batch's windows is cut into 
 starve the short contexts that zero-shot prompts and instructions live in. Validation reports
 `val_loss` on whole windows and `val_loss_short` on the same windows cut into `short_block` pieces.
 The checkpoint (atomic) holds `trainer.pt` (optimizer, RNG, history) for exact resumption.
+
+After training, the in-context learning score of Olsson et al. (2022) on held-out val.bin only
+(`model/icl.py`): the mean loss at late positions of windows that start at document starts minus
+the mean at early positions (`icl_score`, negative = the model uses far context), the same over
+windows inside one long document (`icl_score_long`, null when no document is `icl.late[1]` tokens
+long), and the loss by position in `position_loss_file`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.gpt import GPT, GPTConfig
 from model.load import from_pretrained
 from model.data import step_offsets, window_batch
+from model.icl import buckets, position_loss, scaled_ranges
 from model.train import apply_gradients, curve_csv, set_lr, warmup_cosine
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device
@@ -93,6 +100,10 @@ class Trainer:
                 f"pretrain.batch_size={pc.batch_size} is not divisible by micro_batch_size={pc.micro_batch_size} x processes={self.world}"
             )
         self.accum = pc.batch_size // (pc.micro_batch_size * self.world)
+        try:
+            scaled_ranges(pc.icl.early, pc.icl.late, self.T)
+        except ValueError as e:
+            raise InputError(f"pretrain.icl: {e}") from None
         for name, data in (("train", self.train_data), ("val", self.val_data)):
             if len(data) <= self.T + 1:
                 raise InputError(f"{self.data_dir / (name + '.bin')}: {len(data)} tokens, fewer than one window of {self.T + 1}")
@@ -197,6 +208,12 @@ class Trainer:
         total = total / max(1, len(mine))
         return self.mean_over_ranks(total[0]), self.mean_over_ranks(total[1])
 
+    def icl(self):
+        """The ICL score and loss by position on val.bin (held-out documents; never train.bin), seeded by `seed`."""
+        ic = self.pc.icl
+        return position_loss(self.model, self.val_data, self.meta["eos_id"], self.T, windows=ic.windows, early=ic.early,
+                             late=ic.late, seed=self.cfg.seed, batch_size=ic.batch_size, autocast=self.autocast)
+
     def save(self, metrics: dict) -> None:
         if not self.master:
             return
@@ -217,6 +234,20 @@ class Trainer:
 
 
 CURVE = ("step", "train_loss", "val_loss", "val_loss_short")  # the curve file's columns
+POSITIONS = ("position", "loss", "loss_long")  # the position file's columns: a range's first position, its mean val loss
+
+
+def icl_metrics(pl) -> dict:
+    """The ICL entries of metrics/pretrain.json (`icl_score_long` None when no document is long enough)."""
+    return {"icl_score": pl.score, "icl_windows": float(pl.windows), "icl_score_long": pl.score_long,
+            "icl_long_docs": float(pl.long_docs), "icl_long_windows": float(pl.windows_long)}
+
+
+def position_rows(pl, n: int) -> list[dict]:
+    """The loss by position in `n` ranges: all windows, and windows inside one long document."""
+    long = dict(buckets(pl.curve_long, n)) if pl.curve_long is not None else {}
+    return [{"position": a, "loss": v, "loss_long": long.get(a) if math.isfinite(long.get(a, math.nan)) else None}
+            for a, v in buckets(pl.curve, n)]
 
 
 def plot_curve(history: list[dict]):
@@ -290,10 +321,20 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
         "tokens_per_s": tok_s,
         "params": float(tr.model.num_params()),
     }
+    pl = None
+    if tr.master:  # after training: reads the model only, draws nothing from the global RNG
+        t_icl = time.perf_counter()
+        pl = tr.icl()
+        metrics.update(icl_metrics(pl))
+        if pc.progress:
+            long = "none long enough" if pl.score_long is None else f"{pl.score_long:+.4f} over {pl.windows_long}"
+            print(f"pretrain ICL score {pl.score:+.4f} over {pl.windows} val windows (long documents: {long}) "
+                  f"in {time.perf_counter() - t_icl:.1f} s", file=sys.stderr, flush=True)
     tr.save(metrics)
     if tr.master:
         atomic_write_json(pc.metrics_file, metrics)
         atomic_write_text(pc.curve_file, curve_csv(tr.history, CURVE))
+        atomic_write_text(pc.position_loss_file, curve_csv(position_rows(pl, pc.icl.buckets), POSITIONS))
     if tr.ddp:
         dist.barrier()
         dist.destroy_process_group()
@@ -307,9 +348,10 @@ def run(cfg) -> dict[str, float]:
     with ctx:
         out, history = train(cfg, pc)
         if master:
-            tracking.log_metrics({f"final/{k}": v for k, v in out.items()})
+            tracking.log_metrics({f"final/{k}": v for k, v in out.items() if v is not None})
             if history:
                 tracking.log_figure(plot_curve(history), "loss_curve.png")
+            tracking.log_artifact(pc.position_loss_file)
             if cfg.tracking.log_checkpoints:
                 tracking.log_checkpoint(pc.out_dir)
     return out if master else {}

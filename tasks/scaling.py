@@ -4,10 +4,11 @@
 
 Reads, for every size of `scaling.sizes`, `<out_dir>/<size>/` (the checkpoint: parameter
 counts) and `<metrics_dir>/<size>/{pretrain,prompt_eval}.json`; writes `scaling.report_file`
-(markdown) and `scaling.plot_file` (two panels: mean accuracy against k, one line per size;
+(markdown) and `scaling.plot_file` (three panels: mean accuracy against k, one line per size;
 the few-shot gain, the largest k minus k=0 on the same items, against non-embedding
-parameters, one line per task and the mean). A size with no results is an InputError naming
-its missing file (run `python -m flows.scaling` first).
+parameters, one line per task and the mean; the ICL score of Olsson et al. 2022, late minus
+early loss on held-out windows as pre-training measured it, against non-embedding parameters).
+A size with no results is an InputError naming its missing file (run `python -m flows.scaling` first).
 """
 
 from __future__ import annotations
@@ -45,8 +46,22 @@ def collect(cfg) -> list[dict]:
         total, non_emb = param_counts(Path(sc.out_dir) / size.name)
         (results,) = pe.values()  # {model name: {task: {k<k>: metrics}}}, one model
         out.append({"name": size.name, "n_layer": size.n_layer, "n_embd": size.n_embd, "params": total,
-                    "non_embedding": non_emb, "val_loss": pre["val_loss"], "tokens": pre["tokens_seen"], "tasks": results})
+                    "non_embedding": non_emb, "val_loss": pre["val_loss"], "tokens": pre["tokens_seen"], "tasks": results,
+                    "icl_score": pre.get("icl_score"), "icl_score_long": pre.get("icl_score_long")})  # None: an older pretrain.json
     return out
+
+
+def icl_positions(cfg) -> str:
+    """The positions the ICL score compares, as pre-training scaled them to its window."""
+    from model.icl import scaled_ranges
+
+    pc = cfg.pretrain
+    (e0, e1), (l0, l1) = scaled_ranges(pc.icl.early, pc.icl.late, pc.block_size if pc.block_size > 0 else cfg.model.block_size)
+    return f"loss at positions {l0}–{l1 - 1} − {e0}–{e1 - 1}"
+
+
+def signed(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.3f}"
 
 
 def shots(records: list[dict]) -> list[int]:
@@ -69,16 +84,17 @@ def markdown(records: list[dict], cfg) -> str:
     ks = shots(records)
     top = ks[-1]
     lines = [
-        "| size | layers | width | non-embedding params | params | val loss | "
+        "| size | layers | width | non-embedding params | params | val loss | ICL score | ICL score, long documents | "
         + " | ".join(f"mean acc k={k}" for k in ks) + f" | mean gain k={top} − k={ks[0]} | tasks with gain > its 95% CI |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(ks) + "---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ks) + "---:|---:|",
     ]
     for r in records:
         gains = [by_k[f"k{top}"] for by_k in r["tasks"].values() if "gain" in by_k.get(f"k{top}", {})]
         sig = sum(g["gain"] > g["gain_ci95"] for g in gains)
         mean_gain = sum(g["gain"] for g in gains) / max(1, len(gains))
         lines.append(f"| {r['name']} | {r['n_layer']} | {r['n_embd']} | {fmt_params(r['non_embedding'])} | {fmt_params(r['params'])} | "
-                     f"{r['val_loss']:.3f} | " + " | ".join(f"{mean_acc(r, k):.3f}" for k in ks)
+                     f"{r['val_loss']:.3f} | {signed(r['icl_score'])} | {signed(r['icl_score_long'])} | "
+                     + " | ".join(f"{mean_acc(r, k):.3f}" for k in ks)
                      + f" | {mean_gain:+.3f} | {sig}/{len(gains)} |")
     lines += ["", f"Accuracy by task and k; the last column is the paired gain k={top} − k={ks[0]} ± its 95% half-width "
               "(same items, same examples at every size):", ""]
@@ -105,7 +121,7 @@ def plot(records: list[dict]):
 
     ks = shots(records)
     top = ks[-1]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
     for r in records:
         a.plot(ks, [mean_acc(r, k) for k in ks], "o-", label=f"{r['name']} ({fmt_params(r['non_embedding'])})")
     a.set_xticks(ks)
@@ -130,6 +146,16 @@ def plot(records: list[dict]):
     b.set_ylabel(f"accuracy k={top} − k={ks[0]}")
     b.set_title("Few-shot gain against parameters")
     b.legend(fontsize=6, ncol=2)
+    for key, style, label in (("icl_score", "ko-", "all windows"), ("icl_score_long", "s--", "inside one long document")):
+        pts = [(r["non_embedding"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            c.plot(*zip(*pts), style, label=label)
+    c.axhline(0, color="grey", linestyle=":", linewidth=1)
+    c.set_xscale("log")
+    c.set_xlabel("non-embedding parameters")
+    c.set_ylabel("late − early loss (nats/token)")
+    c.set_title("ICL score against parameters (lower: more)")
+    c.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -156,9 +182,12 @@ def run(cfg) -> dict[str, float]:
         "",
         f"Produced by `make scaling` (`python -m flows.scaling`): every size pre-trained on the default corpus for {steps} "
         f"steps of {cfg.pretrain.batch_size} × {cfg.model.block_size} tokens (the same data, order and schedule), then "
-        f"scored by prompt_eval at k = {', '.join(map(str, ks))} on {cfg.prompt_eval.max_items} items per task.",
+        f"scored by prompt_eval at k = {', '.join(map(str, ks))} on {cfg.prompt_eval.max_items} items per task. "
+        f"The ICL score (Olsson et al. 2022) is pre-training's {icl_positions(cfg)} on {cfg.pretrain.icl.windows} held-out windows "
+        "that start at document starts (negative: later tokens are predicted better, from the context before them); "
+        "long documents: windows inside one document long enough to reach the late positions (– when there is none).",
         "",
-        f"![accuracy against k and few-shot gain against parameters]({Path(sc.plot_file).name})",
+        f"![accuracy against k, few-shot gain and ICL score against parameters]({Path(sc.plot_file).name})",
         "",
         "",
     ]
@@ -179,6 +208,8 @@ def run(cfg) -> dict[str, float]:
         for k in ks:
             out[f"{r['name']}/mean_acc_k{k}"] = mean_acc(r, k)
         out[f"{r['name']}/mean_gain_k{top}"] = mean_acc(r, top) - mean_acc(r, ks[0])
+        if r["icl_score"] is not None:
+            out[f"{r['name']}/icl_score"] = r["icl_score"]
     return out
 
 

@@ -312,3 +312,112 @@ def test_model_package_imports_no_optional_dependencies():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- in-context learning by position (model/icl.py) -----------------------------------------------
+
+
+class CopyModel(torch.nn.Module):
+    """Predicts that the next token repeats the current one (logit C on it): each position's loss is
+    HIT where the document repeats its token, MISS elsewhere. Records its inputs."""
+
+    C, V = 4.0, 8
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, idx):
+        self.seen.append(idx.clone())
+        return self.C * F.one_hot(idx, self.V).float() + self.w  # (B, T, V)
+
+
+HIT = float(np.log(np.exp(CopyModel.C) + CopyModel.V - 1) - CopyModel.C)
+MISS = float(np.log(np.exp(CopyModel.C) + CopyModel.V - 1))
+EOS = 0
+LONG = [1, 2] * 5 + [3] * 10  # 20 tokens: alternating (misses), then repeated (hits from position 11 on)
+SHORT = [4, 5, 4, 5, 4]
+
+
+def stream_of(docs) -> np.ndarray:
+    return np.array([t for d in docs for t in (*d, EOS)], dtype=np.uint16)
+
+
+def test_scaled_ranges_keep_olssons_positions_or_shrink_with_the_window():
+    from model.icl import scaled_ranges
+
+    assert scaled_ranges([40, 60], [450, 500], 512) == ((40, 60), (450, 500))
+    assert scaled_ranges([40, 60], [450, 500], 64) == ((5, 8), (57, 64))
+    assert scaled_ranges([40, 60], [450, 500], 4) == ((0, 1), (3, 4))  # never empty
+    for early, late in (([60, 40], [450, 500]), ([40, 460], [450, 500]), ([40], [450, 500])):
+        with pytest.raises(ValueError, match="early="):
+            scaled_ranges(early, late, 512)
+
+
+def test_documents_are_the_runs_between_eos():
+    from model.icl import documents
+
+    starts, lengths = documents(np.array([7, 7, EOS, EOS, 3, EOS, 5, 6]), EOS)  # an empty document, an unterminated tail
+    assert starts.tolist() == [0, 4, 6] and lengths.tolist() == [2, 1, 2]
+
+
+def test_icl_score_on_a_model_whose_losses_are_known():
+    """Windows start at document starts (EOS, then the document); each position's loss is the
+    copy model's HIT or MISS, so the curve, both scores and the long-document count are exact."""
+    from model.icl import position_loss
+
+    docs = [LONG, SHORT, LONG, SHORT, SHORT, LONG, LONG]
+    stream = stream_of(docs)
+    T, early, late = 16, (2, 4), (12, 16)
+    model = CopyModel()
+    pl = position_loss(model, stream, EOS, T, windows=100, early=early, late=late, seed=0, batch_size=3)
+    starts = np.cumsum([0] + [len(d) + 1 for d in docs[:-1]])
+    assert pl.windows == 7 and pl.long_docs == 4 and pl.windows_long == 4  # every start fits: the last LONG has 20 tokens
+    # every window seen once (the long score reuses the windows of long documents): EOS then the T-1 first tokens of a document
+    rows = torch.cat(model.seen).numpy()
+    assert [len(r) for r in model.seen] == [3, 3, 1] and rows.shape == (7, T)
+    assert sorted(tuple(r) for r in rows) == sorted(tuple([EOS, *stream[s : s + T - 1]]) for s in starts)
+    # long windows: hits from position 11, misses before; short windows miss everywhere (alternating, then EOS, then LONG's start)
+    want_long = np.array([MISS] * 11 + [HIT] * 5)
+    assert np.allclose(pl.curve_long, want_long, atol=1e-5)
+    short_curve = np.array([MISS] * 16)
+    short_curve[6] = MISS  # position 5 predicts EOS after 4 (miss), position 6 the next document's first token after EOS (miss)
+    assert np.allclose(pl.curve, (4 * want_long + 3 * short_curve) / 7, atol=1e-5)
+    assert pl.score == pytest.approx(4 / 7 * (HIT - MISS), abs=1e-5)
+    assert pl.score_long == pytest.approx(HIT - MISS, abs=1e-5)
+    # the score is the late mean minus the early mean of the returned curve
+    assert pl.score == pytest.approx(pl.curve[12:16].mean() - pl.curve[2:4].mean())
+    assert (pl.early, pl.late) == (early, late)
+
+
+def test_icl_long_windows_stop_at_their_document_and_none_without_long_documents():
+    from model.icl import position_loss
+
+    stream = stream_of([SHORT] * 6 + [LONG] + [SHORT] * 2)
+    pl = position_loss(CopyModel(), stream, EOS, 24, windows=100, early=(2, 4), late=(12, 20))
+    assert pl.long_docs == 1 and pl.windows_long == 1
+    assert np.isnan(pl.curve_long[20:]).all() and not np.isnan(pl.curve_long[:20]).any()  # past LONG's 20 tokens: not scored
+    assert pl.windows == 7  # the last two SHORTs start too close to the end for a whole window
+    none = position_loss(CopyModel(), stream_of([SHORT] * 8), EOS, 8, early=(2, 4), late=(6, 8))
+    assert none.long_docs == 0 and none.score_long is None and none.curve_long is None and np.isfinite(none.score)
+
+
+def test_icl_is_seeded_batched_and_leaves_train_mode():
+    """A real GPT: the same windows for the same seed, batching changes nothing, a subset for fewer windows."""
+    from model.icl import buckets, position_loss
+
+    model = tiny().train()
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(1, 128, size=int(n)).tolist() for n in rng.integers(5, 60, size=40)]
+    stream = stream_of(docs)
+    kw = dict(early=(4, 8), late=(24, 32), seed=3)
+    a = position_loss(model, stream, EOS, 32, windows=10, batch_size=4, **kw)
+    b = position_loss(model, stream, EOS, 32, windows=10, batch_size=10, **kw)
+    assert model.training  # restored
+    assert a.windows == 10 and np.allclose(a.curve, b.curve, atol=1e-5) and a.score == pytest.approx(b.score, abs=1e-5)
+    c = position_loss(model, stream, EOS, 32, windows=10, batch_size=4, **(kw | {"seed": 4}))
+    assert not np.allclose(a.curve, c.curve)  # another seed, other windows
+    assert a.long_docs == sum(len(d) >= 32 for d in docs) and a.windows_long == min(10, a.long_docs)
+    rows = buckets(a.curve, 8)
+    assert [p for p, _ in rows] == list(range(0, 32, 4)) and rows[1][1] == pytest.approx(a.curve[4:8].mean())

@@ -145,3 +145,33 @@ def test_short_windows_share_of_every_step(tokenized):
     ):
         with pytest.raises(InputError, match=msg):
             pretrain.run(compose([*args, "pretrain.short_fraction=0.5", bad]))
+
+
+def test_icl_score_from_val_only_after_training(tokenized):
+    """The ICL score (model/icl.py) is measured after training on val.bin: a finished run resumed with
+    train.bin's tokens replaced writes the same score; other val.bin tokens change it."""
+    import numpy as np
+
+    from model.icl import position_loss
+
+    args = [*SMALL, "pretrain.max_steps=10", "pretrain.icl.windows=16"]
+    first = pretrain.run(compose(args))
+    meta = json.loads(Path("data/tokenized/meta.json").read_text())
+    val = np.fromfile("data/tokenized/val.bin", dtype=meta["dtype"])
+    pl = position_loss(load_checkpoint("models/pretrain").model, val, meta["eos_id"], 64, windows=16, early=[40, 60],
+                       late=[450, 500], seed=compose(args).seed)
+    written = json.loads(Path("metrics/pretrain.json").read_text())
+    assert pl.early == (5, 8) and pl.late == (57, 64)  # Olsson's 40-60 and 450-500 scaled to the smoke model's 64 tokens
+    assert written["icl_score"] == first["icl_score"] == pytest.approx(pl.score, abs=1e-6)
+    assert written["icl_windows"] == pl.windows == min(16, meta["val_docs"])  # the smoke corpus has few val documents
+    assert written["icl_long_docs"] == pl.long_docs > 0 and written["icl_score_long"] == pytest.approx(pl.score_long, abs=1e-6)
+    rows = Path("metrics/pretrain_position_loss.csv").read_text().splitlines()
+    assert rows[0] == "position,loss,loss_long" and len(rows) == 1 + 32 and rows[1].startswith("0,")
+
+    train = Path("data/tokenized/train.bin")
+    tokens = np.fromfile(train, dtype=meta["dtype"])
+    np.random.default_rng(0).permutation(tokens).tofile(train)  # other train tokens: no effect
+    resumed = pretrain.run(compose([*args, "pretrain.resume=true"]))
+    assert resumed["step"] == 10 and resumed["icl_score"] == first["icl_score"]
+    np.random.default_rng(0).permutation(val).tofile("data/tokenized/val.bin")
+    assert pretrain.run(compose([*args, "pretrain.resume=true"]))["icl_score"] != first["icl_score"]

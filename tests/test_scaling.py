@@ -29,11 +29,15 @@ def test_scaling_flow_trains_each_size_and_reports(project, prefect_harness):
         (by_task,) = pe.values()
         assert set(by_task) == {"sentiment", "antonym"} and set(by_task["sentiment"]) == {"k0", "k2"}
         assert "gain" in by_task["sentiment"]["k2"]
+        assert result[f"{name}/icl_score"] == pre["icl_score"] and pre["icl_windows"] > 0  # measured by each size's pretrain
+        assert (project / f"metrics/scaling/{name}/pretrain_position_loss.csv").is_file()
         sizes[name] = result[f"{name}/non_embedding"]
     # non-embedding parameters: 12 d^2 per layer plus biases and norms
     assert 12 * 16**2 <= sizes["a"] < 12 * 16**2 * 1.3 and 2 * 12 * 32**2 <= sizes["b"] < 2 * 12 * 32**2 * 1.3
     report = (project / "docs/scaling.md").read_text()
     assert "| a | 1 | 16 |" in report and "| b | 2 | 32 |" in report and "gain k=2" in report
+    assert "| val loss | ICL score | ICL score, long documents |" in report and "loss at positions 57–63 − 5–7" in report
+    assert not (project / "metrics/pretrain_position_loss.csv").exists()  # each size writes its own
     assert (project / "docs/scaling.png").stat().st_size > 5000
     # the corpus came through DVC, unchanged by the experiment
     status = run_cmd([sys.executable, "-m", "dvc", "status", "tokenize"], cwd=project)
@@ -59,3 +63,29 @@ def test_scaling_bad_sizes_one_line(project):
                  "scaling.sizes=[{name:a,n_layer:1,n_head:3,n_embd:16},{name:b}]"], cwd=project, check=False)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: scaling.sizes.a: n_embd=16 must be a multiple of n_head=3, n_layer >= 1"]
+
+
+def test_scaling_table_has_the_icl_score_and_the_goal_reads_it(tmp_path):
+    """The table tasks.scaling writes carries each size's ICL score; report.scaling_goal asks the
+    few-shot gain to rise and the ICL score to fall with every larger size, both."""
+    from tasks.report import scaling_goal
+    from tasks.scaling import markdown
+
+    def records(gains, scores):
+        return [{"name": f"s{i}", "n_layer": i + 1, "n_embd": 16, "params": 10**6 * (i + 1), "non_embedding": 10**6 * i + 10**5,
+                 "val_loss": 2.0, "icl_score": s, "icl_score_long": None,
+                 "tasks": {"t": {"k0": {"acc": 0.5}, "k2": {"acc": 0.5 + g, "gain": g, "gain_ci95": 0.1}}}}
+                for i, (g, s) in enumerate(zip(gains, scores))]
+
+    doc = tmp_path / "scaling.md"
+    doc.write_text(markdown(records([0.01, 0.02, 0.05], [-0.1, -0.2, -0.3]), None))
+    assert "| s0 | 1 | 16 | 0.10M | 1.00M | 2.000 | -0.100 | – |" in doc.read_text()
+    both = scaling_goal(doc)
+    assert both.ok is True and both.goal.endswith("the ICL score (late − early loss) falls with every larger size")
+    assert both.measured.endswith("; ICL score -0.100 / -0.200 / -0.300 (gain rises: yes; ICL score falls: yes)")
+    doc.write_text(markdown(records([0.01, 0.02, 0.05], [-0.1, -0.3, -0.2]), None))
+    assert scaling_goal(doc).ok is False and scaling_goal(doc).measured.endswith("(gain rises: yes; ICL score falls: no)")
+    doc.write_text(markdown(records([0.05, 0.02, 0.01], [-0.1, -0.2, -0.3]), None))
+    assert scaling_goal(doc).ok is False
+    doc.write_text(markdown(records([0.01, 0.02, 0.05], [None, -0.2, -0.3]), None))  # a size without the score: the gain alone
+    assert scaling_goal(doc).ok is True and "ICL" not in scaling_goal(doc).measured
