@@ -14,12 +14,13 @@ Writes `out_dir` (default data/raw/) in one atomic step (on bad input nothing ch
     tasks/<name>/{train,val,test}.jsonl
         classification {"text", "label"}          entailment {"premise", "hypothesis", "label"}
         similarity {"text_a", "text_b", "label"}  multiple_choice {"context", "choices", "label": int}
-    prompts/<name>/task.json           {"name", "kind": choice|generate, "fields", "description"}
+    prompts/<name>/task.json           {"name", "kind": choice|generate, "fields", "description", "in_context_only"}
     prompts/<name>/{train,test}.jsonl  {<fields>..., "answer"} (+ "choices" for kind=choice)
     instructions/{sft_train,sft_val}.jsonl     {"id", "kind", "prompt", "response", "meta"}
     instructions/{rl_prompts,rl_eval}.jsonl    {"id", "kind", "prompt", "meta"}
     stats.json                         counts, class counts, bytes, sha256 digests, task difficulty,
-                                       oracle agreement
+                                       oracle agreement, corpus documents and bytes per kind, the
+                                       prompt tasks (templates) only in-context examples can teach
 
 Sources: `world` generates everything (tasks.world). `pydoc`, `files` and `hf` supply the
 corpus; the world's tasks, prompts and instructions are added unless
@@ -44,7 +45,7 @@ from tasks.world import build
 from tasks.world.baselines import difficulty, majority
 from tasks.world.instructions import sample_responses
 from tasks.world.oracle import labeler_agreement
-from tasks.world.prompts import PROMPT_TASKS
+from tasks.world.prompts import IN_CONTEXT_ONLY, PROMPT_TASKS
 from tasks.world.tasks import TASKS
 from tasks.schema import UserTaskConfig, InstructionFilesConfig, DataConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
@@ -390,6 +391,8 @@ def _log_inputs(sources: list[dict], out_dir: Path, st: dict) -> None:
 
 def _check_settings(dc: DataConfig) -> None:
     """What the schema's types cannot say (names, ranges and choices are checked there)."""
+    if dc.source == "world" and dc.corpus_mb > 0 and not any(w > 0 for w in dc.corpus_kinds.values()):
+        raise InputError("data.corpus_kinds: every share is 0 (give one kind of document a positive share)")
     if dc.demo_flaws.share > 0 and not any(w > 0 for w in dc.demo_flaws.mix.values()):
         raise InputError("data.demo_flaws.mix: every weight is 0 (give one defect a positive weight, or share 0)")
     for key in ("n_prompt_train", "n_prompt_test", "n_sft_train", "n_sft_val", "n_rl_prompts", "n_rl_eval"):
@@ -426,7 +429,8 @@ def run(cfg) -> dict[str, float]:
             world = build(seed, corpus_bytes, split_sizes(dc), (dc.n_prompt_train, dc.n_prompt_test),
                           {"sft_train": dc.n_sft_train, "sft_val": dc.n_sft_val, "rl_prompts": dc.n_rl_prompts,
                            "rl_eval": dc.n_rl_eval}, per_task=task_split_sizes(dc),
-                          demo_flaws=(dc.demo_flaws.share, dict(dc.demo_flaws.mix)))
+                          demo_flaws=(dc.demo_flaws.share, dict(dc.demo_flaws.mix)),
+                          corpus_kinds=dict(dc.corpus_kinds))
         if dc.source == "world":
             docs = world.corpus
             if not docs:
@@ -447,6 +451,9 @@ def run(cfg) -> dict[str, float]:
             st["corpus"]["sources"] = sources
             if dc.source == "world":
                 st["corpus"]["kinds"] = world.corpus_counts
+                st["corpus"]["kind_bytes"] = world.corpus_bytes
+            if world:
+                st["prompts_in_context_only"] = list(IN_CONTEXT_ONLY)  # template names (prompt_eval.tasks)
             if world and not user_ins:
                 st["oracle"] = {"noise": dc.oracle_noise, "responses_per_prompt": 4,
                                 "prompts": len(instructions["rl_prompts"]),

@@ -34,7 +34,7 @@ plain sampling with seed `seed`, and the n's share samples. Per policy:
   T = 1 (for the oracle's pick an upper bound: the oracle ties many responses);
 - `response_len` (tokens of the greedy response);
 - the alignment tax: `pretrain_val_loss` on fixed windows of the pre-training validation split,
-  and `prompt_eval_acc` (mean zero-shot accuracy of the GPT-2/3 prompt tasks, reusing
+  and `prompt_eval_acc` (mean zero-shot accuracy of the GPT-2/3 prompt tasks but the in-context-only ones, reusing
   `tasks.prompting`; per task under `prompt_eval`); best-of-n's are its sampled policy's.
 
 Over-optimisation (Gao, Schulman, Hilton 2022), under the metrics' `overoptimization` key and in
@@ -77,6 +77,7 @@ from tasks.config import stage_main
 from tasks import prompting as pe
 from tasks.inputs import load_tokens, read_demos, strict_tokenizer
 from tasks.world.oracle import score as oracle_score
+from tasks.world.prompts import IN_CONTEXT_ONLY
 from tasks.schema import EvaluateConfig, PromptEvalConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 
@@ -134,7 +135,8 @@ def zero_shot_tax(model, tok, ec: EvaluateConfig, cfg) -> dict[str, float]:
     """Zero-shot accuracy per prompt task (the GPT-2 evaluation, `tasks.prompting`)."""
     pc: PromptEvalConfig = OmegaConf.to_object(cfg.prompt_eval)
     pc.shots, pc.max_items, pc.too_long = [0], ec.prompt_eval_items, "skip"
-    names = pe.check_config(pc)
+    # tasks only examples can teach sit at chance zero-shot by design: they measure no tax
+    names = [n for n in pe.check_config(pc) if n not in IN_CONTEXT_ONLY]
     tasks = [pe.load_task(Path(pc.data_dir), n, pc.tasks[n]) for n in names]
     results, _ = pe.evaluate(model, tok, tasks, pc)
     return {task: by_k["k0"]["acc"] for task, by_k in results.items()}

@@ -58,13 +58,15 @@ def test_contract(world):
                 assert all(r["label"] in spec["labels"] for r in rows)
     for d in sorted((world / "prompts").iterdir()):
         spec = json.loads((d / "task.json").read_text())
-        assert set(spec) == {"name", "kind", "fields", "description"} and spec["kind"] in ("choice", "generate")
+        assert set(spec) == {"name", "kind", "fields", "description", "in_context_only"} and spec["kind"] in ("choice", "generate")
         for split in ("train", "test"):
             for r in read_jsonl(d / f"{split}.jsonl"):
                 extra = {"answer", "choices"} if spec["kind"] == "choice" else {"answer"}
                 assert set(r) == set(spec["fields"]) | extra
                 assert spec["kind"] == "generate" or r["answer"] in r["choices"]
-    assert {p.name for p in (world / "prompts").iterdir()} >= {"sentiment", "where_is", "antonym", "count"}
+    assert {p.name for p in (world / "prompts").iterdir()} >= {"sentiment", "where_is", "antonym", "count", "novel_word", "word_map"}
+    flagged = {d.name for d in (world / "prompts").iterdir() if json.loads((d / "task.json").read_text())["in_context_only"]}
+    assert flagged == {"novel_word", "word_map"}
     for split in ("sft_train", "sft_val", "rl_prompts", "rl_eval"):
         keys = {"id", "kind", "prompt", "meta"} | ({"response"} if split.startswith("sft") else set())
         assert all(set(r) - {"flaw"} == keys for r in read_jsonl(world / "instructions" / f"{split}.jsonl"))
@@ -149,6 +151,12 @@ def test_stats_balance_and_difficulty(world):
     assert st["tasks"]["sentiment"]["difficulty"]["bow"] < 0.85
     assert st["tasks"]["story_cloze"]["difficulty"]["overlap"] < 0.7
     assert 0.5 < st["oracle"]["pairwise_agreement"] < 0.95
+    kinds, sizes = st["corpus"]["kinds"], st["corpus"]["kind_bytes"]
+    assert sum(kinds[k] for k in sizes) == st["corpus"]["n_docs"] and kinds["rejected"] >= 0
+    assert sum(sizes.values()) == sum(len(r["text"].encode("utf-8")) for r in read_jsonl(world / "corpus.jsonl"))
+    assert {"label_pages", "qa_pages", "glossaries", "counting_pages", "long_stories"} <= set(sizes)
+    assert set(st["prompts_in_context_only"]) == {"novel_word", "word_map", "sentiment_unseen", "entailment_unseen",
+                                                 "paraphrase_unseen", "mood_of_unseen"}
 
 
 # ---- real sources
@@ -375,4 +383,20 @@ def test_bad_demo_flaws_one_line(tmp_path, override, pattern):
     out = tmp_path / "raw"
     with pytest.raises(InputError, match=pattern) as e:
         run(make_cfg(out, *TINY, "data.corpus_mb=0.05", override))
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+def _all_kinds_zero() -> list[str]:
+    return [f"data.corpus_kinds.{k}=0" for k in compose([]).data.corpus_kinds]
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["+data.corpus_kinds.poems=0.1"], r"data\.corpus_kinds\.poems: unknown name, must be one of story_qa, "),
+    (["data.corpus_kinds.review=-1"], r"data\.corpus_kinds\.review: must be >= 0, got -1\.0"),
+    (_all_kinds_zero(), r"data\.corpus_kinds: every share is 0"),
+])
+def test_bad_corpus_kinds_one_line(tmp_path, overrides, pattern):
+    out = tmp_path / "raw"
+    with pytest.raises(InputError, match=pattern) as e:
+        run(make_cfg(out, *TINY, "data.corpus_mb=0.05", *overrides))
     assert "\n" not in str(e.value) and not out.exists()

@@ -7,6 +7,7 @@ examples so that its answers mean something.
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ from tasks.prompting import (
     load_task,
     normalize_answer,
     paired_gain,
+    query_text,
+    target_text,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +358,60 @@ def test_unknown_model_and_selected_task(world, tmp_path):
     with pytest.raises(InputError, match="prompt_eval.select names story"):
         run(make_cfg(tmp_path, world, "prompt_eval.select=[story]"))
     assert OmegaConf.select(compose([]), "prompt_eval.checkpoints.pretrain") == "models/pretrain"
+
+
+# --- the world's in-context-only tasks ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_prompts(tmp_path_factory):
+    """The world's prompt tasks (a small build, no corpus) in the data stage's layout."""
+    from tasks import world as W
+    from tasks.world.prompts import PROMPT_TASKS
+
+    w = W.build(3, 0, task_sizes={"train": 8, "val": 4, "test": 8}, prompt_sizes=(16, 40),
+                instruction_sizes={"sft_train": 4, "sft_val": 4, "rl_prompts": 4, "rl_eval": 4})
+    root = tmp_path_factory.mktemp("world_prompts")
+    for name, splits in w.prompts.items():
+        (root / name).mkdir()
+        (root / name / "task.json").write_text(json.dumps({"name": name, **PROMPT_TASKS[name]}))
+        for split, rows in splits.items():
+            (root / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_in_context_only_tasks_have_templates_and_flags(world_prompts):
+    from tasks.world import lexicon as L
+    from tasks.world.prompts import IN_CONTEXT_ONLY, PROMPT_TASKS, UNSEEN_VARIANTS
+
+    templates = settings("prompt_eval").tasks
+    assert {"sentiment_unseen", "entailment_unseen", "paraphrase_unseen", "mood_of_unseen", "novel_word", "word_map"} == set(IN_CONTEXT_ONLY)
+    assert set(IN_CONTEXT_ONLY) <= set(templates)
+    assert {n for n, s in PROMPT_TASKS.items() if s["in_context_only"]} == {"novel_word", "word_map"}
+    for name, data in UNSEEN_VARIANTS.items():
+        assert templates[name].task == data and not PROMPT_TASKS[data]["in_context_only"]
+    for name in IN_CONTEXT_ONLY:
+        task = load_task(world_prompts, name, templates[name])  # the template names only fields the task has
+        assert task.kind == json.loads((world_prompts / (templates[name].task or name) / "task.json").read_text())["kind"]
+        if task.kind == "choice" and name != "sentiment_unseen":  # every label word is made up, none the corpus uses
+            words = {target_text(task.spec, r, c).strip() for r in task.train + task.test for c in r["choices"]}
+            assert words and all(L.is_eval_nonce(w) for w in words), (name, words)
+
+
+def test_in_context_only_zero_shot_prompts_hold_no_answer(world_prompts):
+    from tasks.world.prompts import IN_CONTEXT_ONLY
+
+    templates = settings("prompt_eval").tasks
+    for name in IN_CONTEXT_ONLY:
+        task = load_task(world_prompts, name, templates[name])
+        assert len(task.test) == 40 and len({json.dumps(r, sort_keys=True) for r in task.test}) == 40
+        for row in task.test:
+            words = set(re.findall(r"[\w']+", query_text(task.spec, row).lower()))
+            gold = task.spec.verbalizer.get(row["answer"], row["answer"]).lower()
+            assert gold not in words, (name, row)
+            if task.kind == "choice" and name != "sentiment_unseen":  # no label word at all: zero-shot cannot know them
+                assert not words & {task.spec.verbalizer.get(c, c).lower() for c in row["choices"]}, (name, row)
+    # the answers are balanced: zero-shot by one label word stays at chance
+    word_map = load_task(world_prompts, "word_map", templates["word_map"])
+    assert len({r["answer"] for r in word_map.test}) == 4 and max(
+        sum(r["answer"] == a for r in word_map.test) for a in {r["answer"] for r in word_map.test}) == 10

@@ -9,28 +9,105 @@ import random
 import pytest
 
 from tasks import world as W
+from tasks.config import compose
 from tasks.data import oracle_agreement
 from tasks.world import baselines as B
+from tasks.world import corpus as C
 from tasks.world import instructions as I
 from tasks.world import lexicon as L
 from tasks.world import oracle as O
+from tasks.world import prompts as P
 from tasks.world import tasks as T
 
 SMALL = dict(task_sizes={"train": 24, "val": 12, "test": 24}, prompt_sizes=(4, 10),
              instruction_sizes={"sft_train": 40, "sft_val": 10, "rl_prompts": 40, "rl_eval": 20})
+SHARES = dict(compose([]).data.corpus_kinds)  # the default mix of document kinds (conf/data/world.yaml)
 
 
 def test_build_is_deterministic_and_seed_dependent():
-    a, b, c = (W.build(s, 20_000, **SMALL) for s in (7, 7, 8))
+    a, b, c = (W.build(s, 20_000, **SMALL, corpus_kinds=SHARES) for s in (7, 7, 8))
     assert a == b
     assert a.corpus != c.corpus and a.tasks != c.tasks and a.instructions != c.instructions
+    with pytest.raises(ValueError, match="corpus_kinds"):
+        W.build(7, 5_000, **SMALL)
 
 
 def test_global_random_state_is_not_used():
     random.seed(0)
-    a = W.build(7, 5_000, **SMALL)
+    a = W.build(7, 5_000, **SMALL, corpus_kinds=SHARES)
     random.seed(1)
-    assert W.build(7, 5_000, **SMALL) == a
+    assert W.build(7, 5_000, **SMALL, corpus_kinds=SHARES) == a
+
+
+# ---- the corpus's pages: many examples of one format, label words drawn per page
+
+
+@pytest.mark.parametrize("kind", C.PAGE_KINDS)
+def test_pages_are_deterministic_per_seed_and_fit_the_window(kind):
+    pages = [C.document(kind, random.Random(f"7/{i}")) for i in range(150)]
+    assert pages == [C.document(kind, random.Random(f"7/{i}")) for i in range(150)]
+    assert pages != [C.document(kind, random.Random(f"8/{i}")) for i in range(150)]
+    sizes = sorted(len(p.encode("utf-8")) for p in pages)
+    assert sizes[-1] <= C.PAGE_BYTES  # ~470 tokens at ~3.5 bytes a token: inside the 512-token window
+    assert sizes[len(sizes) // 2] > 300  # far longer than a short document (~25-80 tokens)
+
+
+def test_label_words_and_their_meaning_vary_between_pages():
+    specs = [C.label_spec(random.Random(i)) for i in range(200)]
+    vocabularies = {frozenset(word.values()) for _, word, _ in specs}
+    assert len(vocabularies) >= 50 and len({fmt for _, _, fmt in specs}) == len(C._LABEL_FORMATS)
+    meanings = {}  # the same label word stands for different classes on different pages
+    for source, word, _ in specs:
+        for cls, w in word.items():
+            meanings.setdefault((source, w), set()).add(cls)
+    assert sum(len(c) > 1 for c in meanings.values()) >= 10
+    for i, (source, word, fmt) in enumerate(specs[:40]):
+        page = C.label_page(random.Random(i), C.LeakGuard([]))
+        tail = fmt.split("{y}")[0].split("{x}")[1]  # what comes between an item and its label
+        labels = re.findall(re.escape(tail) + r"(.+?)" + re.escape(fmt.split("{y}")[1] or "\n"), page + "\n")
+        assert len(labels) >= 8 and set(labels) <= set(word.values()), (fmt, page)
+
+
+@pytest.fixture(scope="module")
+def paged_world():
+    """A small world whose corpus holds only pages, 250 kB of them."""
+    return W.build(3, 250_000, **SMALL, corpus_kinds={k: 1.0 for k in C.PAGE_KINDS})
+
+
+def test_pages_hold_no_task_prompt_or_instruction_item(paged_world):
+    w = paged_world
+    assert len(w.leak_items) > 300 and w.corpus_counts["skipped_items"] >= 0
+    assert set(w.corpus_bytes) == set(C.PAGE_KINDS) and all(n > 20_000 for n in w.corpus_bytes.values())
+    for doc in w.corpus:
+        assert not any(all(s in doc for s in item) for item in w.leak_items if item[0] in doc)
+    # the guard finds an item anywhere in a long page, as a brute-force search does
+    guard = C.LeakGuard(w.leak_items)
+    pair = next(i for i in w.leak_items if len(i) == 2)
+    for item in (w.leak_items[0], pair, w.leak_items[-1]):
+        page = w.corpus[0] + "\n\n" + " Label: A\n".join(item) + " Label: B\n\n" + w.corpus[1]
+        assert guard.leaks(page)
+    assert not guard.leaks(w.corpus[0] + "\n" + pair[0])  # half a pair is no leak
+
+
+def test_no_evaluation_word_in_the_corpus(paged_world):
+    """The made-up words and label words of the in-context-only prompt tasks never occur in the corpus."""
+    tokens = {t.strip(".,:;?!()|=>-") for doc in paged_world.corpus for t in doc.split()}
+    assert not {t for t in tokens if L.is_eval_nonce(t)}
+    rows = [r for name in ("novel_word", "word_map") for rows in paged_world.prompts[name].values() for r in rows]
+    assert len({r.get("word") for r in rows if "word" in r}) == len([r for r in rows if "word" in r])  # one word per item
+    words = {r["word"] for r in rows if "word" in r} | set(P.WORD_MAP.values())
+    templates = compose([]).prompt_eval.tasks
+    words |= {w for name in P.UNSEEN_VARIANTS for w in templates[name].verbalizer.values()}
+    assert all(L.is_eval_nonce(w) for w in words) and not words & tokens
+
+
+def test_corpus_kinds_take_their_share_of_the_bytes():
+    w = W.build(5, 300_000, **SMALL, corpus_kinds=SHARES)
+    total, want = sum(w.corpus_bytes.values()), sum(SHARES.values())
+    for kind, share in SHARES.items():
+        assert abs(w.corpus_bytes[kind] / total - share / want) < 0.03, (kind, w.corpus_bytes[kind] / total)
+    pages = sum(w.corpus_bytes[k] for k in C.PAGE_KINDS) / total
+    assert 0.25 <= pages <= 0.35
 
 
 @pytest.mark.parametrize("task", sorted(T.TASKS))

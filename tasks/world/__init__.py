@@ -2,7 +2,7 @@
 
 People, animals, objects, foods, places, colours, sizes and moods (`lexicon`) make scenes
 with consistent facts (`stories`), from which come the four labelled tasks (`tasks`), the
-prompt tasks (`prompts`), the instructions with demonstrations (`instructions`), the oracle
+prompt tasks (`prompts`, some only examples in the prompt can teach), the instructions with demonstrations (`instructions`), the oracle
 that scores responses (`oracle`) and the pre-training corpus (`corpus`), which never holds
 any of those items verbatim.
 
@@ -28,7 +28,8 @@ class World:
     instructions: dict[str, list[dict]]  # sft_train | sft_val | rl_prompts | rl_eval -> rows
     leak_items: list[list[str]]  # per item: strings the corpus must not hold together
     corpus: list[str]
-    corpus_counts: dict[str, int]  # documents per kind, and 'rejected' (would have leaked)
+    corpus_counts: dict[str, int]  # documents per kind, 'rejected' (would have leaked), 'skipped_items' (of pages)
+    corpus_bytes: dict[str, int]  # UTF-8 bytes per kind
 
 
 def instruction_leak(row: dict) -> list[str]:
@@ -37,8 +38,10 @@ def instruction_leak(row: dict) -> list[str]:
 
 def build(seed: int, corpus_bytes: int, task_sizes: dict[str, int], prompt_sizes: tuple[int, int],
           instruction_sizes: dict[str, int], per_task: dict[str, dict[str, int]] | None = None,
-          demo_flaws: tuple[float, dict[str, float]] = (0.0, {})) -> World:
-    """Everything the world yields; `corpus_bytes` = 0 skips the corpus. `task_sizes` ({split: n})
+          demo_flaws: tuple[float, dict[str, float]] = (0.0, {}),
+          corpus_kinds: dict[str, float] | None = None) -> World:
+    """Everything the world yields; `corpus_bytes` = 0 skips the corpus, otherwise `corpus_kinds`
+    ({kind: share of the bytes}, data.corpus_kinds; corpus.KINDS) is required. `task_sizes` ({split: n})
     applies to every labelled task that `per_task` ({task: {split: n}}) does not name.
     `demo_flaws` = (share, mix): that share of each sft split's demonstrations get one defect
     (`instructions.add_flaws`, drawn from its own stream, so nothing else changes)."""
@@ -61,5 +64,8 @@ def build(seed: int, corpus_bytes: int, task_sizes: dict[str, int], prompt_sizes
     share, mix = demo_flaws
     for split in [s for s in instructions if s.startswith("sft")] if share > 0 else []:
         instructions[split] = I.add_flaws(instructions[split], share, mix, rng(f"demo_flaws/{split}"))
-    docs, counts = C.make_corpus(rng("corpus"), corpus_bytes, C.LeakGuard(leak)) if corpus_bytes > 0 else ([], {})
-    return World(tasks, prompts, instructions, leak, docs, counts)
+    if corpus_bytes > 0 and not corpus_kinds:
+        raise ValueError("world.build: corpus_kinds (the share of each kind) is needed for a corpus")
+    docs, counts, sizes = (C.make_corpus(rng("corpus"), corpus_bytes, C.LeakGuard(leak), corpus_kinds)
+                           if corpus_bytes > 0 else ([], {}, {}))
+    return World(tasks, prompts, instructions, leak, docs, counts, sizes)

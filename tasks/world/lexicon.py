@@ -126,3 +126,35 @@ def other(rng: random.Random, pool: tuple[str, ...], *exclude: str) -> str:
 
 def sample(rng: random.Random, pool: tuple[str, ...], k: int, *exclude: str) -> list[str]:
     return rng.sample([x for x in pool if x not in exclude], k)
+
+
+# Made-up words. The corpus's end in a vowel ("mipo", "dakelu"), the prompt tasks' in a consonant
+# ("dakex", "rilok"), so no made-up word of an evaluation item, nor any label word of the
+# in-context-only prompt tasks, ever occurs in the corpus.
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("k", "p", "x", "z")
+REAL_WORDS = frozenset(w for pool in (ANIMALS, OBJECTS, FOODS, PLACES, COLOURS, SIZES, MOOD_NAMES, POSITIVE_WORDS,
+                                      NEGATIVE_WORDS, tuple(OPPOSITE), NUMBER_WORDS, BANNED) for w in pool)
+
+
+def nonce(rng: random.Random, syllables: int = 2) -> str:
+    """A made-up word for the corpus: consonant-vowel syllables, ending in a vowel ("mipo")."""
+    while True:
+        w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))
+        if w not in REAL_WORDS:
+            return w
+
+
+def eval_nonce(rng: random.Random) -> str:
+    """A made-up word for a prompt task: consonant-vowel, then consonant-vowel-consonant ("dakex");
+    never one the corpus makes (those end in a vowel)."""
+    while True:
+        w = rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+        if w not in REAL_WORDS:
+            return w
+
+
+def is_eval_nonce(word: str) -> bool:
+    return (len(word) == 5 and word[0] in _ONSETS and word[1] in _VOWELS and word[2] in _ONSETS
+            and word[3] in _VOWELS and word[4] in _CODAS)
