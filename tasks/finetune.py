@@ -31,8 +31,14 @@ of the FINAL epoch (no selection on val, so test is untouched by any choice).
 One invocation runs the main setting (`init`, `lm_coef`) and every other setting of the
 `ablations` grid (init x lm_coef), each with the same seed, data order and head init. Writes
 `<out_dir>/<task>/` (checkpoint of the main setting; the head in heads.safetensors, its
-config under meta["head"]) and `<metrics_dir>/<task>.json` =
-{task: {init: {"lm<λ>": {val_acc, test_acc, [val_macro_f1, test_macro_f1,] truncated}}}}.
+config under meta["head"]), `<metrics_dir>/<task>.json` =
+{task: {init: {"lm<λ>": {val_acc, test_acc, [val_macro_f1, test_macro_f1,] truncated}}}} and
+`<metrics_dir>/<task>.items.json` = {"n": test rows, "correct": {name: "0110..."}}: per test row, in
+the file's order, 1 where it is right, for every setting ("<init> lm<λ>") and for the bars GPT-1's
+fine-tuning must clear, scored on these same rows (tasks/zeroshot.py): "baseline", the word
+baseline fit on the train split (`data/raw/stats.json`'s number), and "zero-shot", the pre-trained
+checkpoint prompted with `prompt_eval.tasks.<task>` at k=0 ("-": a query too long for the window,
+skipped; no entry for a task without a template of its name). finetune_report pairs them.
 MLflow: the stage run `finetune/<task>` holds one nested child run per setting.
 """
 
@@ -62,6 +68,8 @@ from tasks.common import InputError, atomic_write_json, read_json, read_jsonl, r
 from tasks.config import stage_main
 from tasks.contracts import TASK_FIELDS as TASK_TYPES  # the data contract: task type -> text fields of a row
 from tasks.schema import AblationGrid, FinetuneConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
+from tasks.world.baselines import word_correct
+from tasks.zeroshot import zero_shot_correct
 
 SPLITS = ("train", "val", "test")
 
@@ -276,8 +284,8 @@ def macro_f1(pred: torch.Tensor, y: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: TaskModel, data: Encoded, pad_id: int, batch_size: int, device: str, n_labels: int | None) -> dict:
-    """Accuracy (+ macro-F1 when n_labels is given) of argmax predictions."""
+def predict(model: TaskModel, data: Encoded, pad_id: int, batch_size: int, device: str) -> torch.Tensor:
+    """Argmax prediction for every example of `data`, in its order."""
     model.eval()
     order = sorted(range(len(data.y)), key=lambda i: max(map(len, data.views[i])))  # less padding
     pred = torch.empty(len(order), dtype=torch.long)
@@ -286,11 +294,21 @@ def evaluate(model: TaskModel, data: Encoded, pad_id: int, batch_size: int, devi
         idx, lengths = collate([data.views[i] for i in ids], pad_id)
         logits, _ = model(idx.to(device), lengths.to(device))
         pred[ids] = logits.argmax(-1).cpu()
-    y = torch.tensor(data.y)
+    return pred
+
+
+def scores(pred: torch.Tensor, y: list[int], n_labels: int | None) -> dict:
+    """Accuracy (+ macro-F1 when n_labels is given) of predictions against labels."""
+    y = torch.tensor(y)
     out = {"acc": (pred == y).float().mean().item()}
     if n_labels is not None:
         out["macro_f1"] = macro_f1(pred, y, n_labels)
     return out
+
+
+def evaluate(model: TaskModel, data: Encoded, pad_id: int, batch_size: int, device: str, n_labels: int | None) -> dict:
+    """Accuracy (+ macro-F1 when n_labels is given) of argmax predictions."""
+    return scores(predict(model, data, pad_id, batch_size, device), data.y, n_labels)
 
 
 def build_model(init: str, base: GPT, task: LabelledTask, fc: FinetuneConfig, device: str, specials: tuple[int, ...] = ()) -> TaskModel:
@@ -316,8 +334,9 @@ def build_model(init: str, base: GPT, task: LabelledTask, fc: FinetuneConfig, de
 def train_setting(
     fc: FinetuneConfig, task: LabelledTask, data: dict[str, Encoded], base: GPT, pad_id: int, init: str, lm_coef: float, device: str,
     specials: tuple[int, ...] = (),
-) -> tuple[TaskModel, dict]:
-    """Fine-tune one (init, lm_coef) setting; returns the model and its final val/test metrics."""
+) -> tuple[TaskModel, dict, list[bool]]:
+    """Fine-tune one (init, lm_coef) setting; returns the model, its final val/test metrics and
+    whether it is right on each test row (in the file's order)."""
     model = build_model(init, base, task, fc, device, specials)
     opt = model.gpt.configure_optimizers(fc.weight_decay, fc.lr, (0.9, 0.999), "cuda" if device.startswith("cuda") else "cpu")
     opt.add_param_group({"params": [model.head.proj.weight], "weight_decay": fc.weight_decay})
@@ -360,9 +379,10 @@ def train_setting(
             )
     out = {}
     for split in ("val", "test"):
-        for k, v in evaluate(model, data[split], pad_id, fc.eval_batch_size, device, n_labels).items():
+        pred = predict(model, data[split], pad_id, fc.eval_batch_size, device)
+        for k, v in scores(pred, data[split].y, n_labels).items():
             out[f"{split}_{k}"] = v
-    return model, out
+    return model, out, (pred == torch.tensor(data["test"].y)).tolist()
 
 
 @contextlib.contextmanager
@@ -427,13 +447,15 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
     data = {s: encode_split(task, s, tok, sp, max_len, fc.max_train_rows if s == "train" else -1) for s in SPLITS}
     truncated = sum(d.truncated for d in data.values())
     tracking.log_metrics({"truncated": truncated, **{f"truncated/{s}": d.truncated for s, d in data.items()}})
+    correct = bars(cfg, task, base.to(device), tok)
     import mlflow
 
     enabled = mlflow.active_run() is not None
     results: dict[str, dict] = {}
     for k, (init, lm_coef) in enumerate(todo):
         with setting_run(enabled, task.name, init, lm_coef):
-            model, m = train_setting(fc, task, data, base, sp.pad, init, lm_coef, device, (sp.start, sp.delim, sp.extract))
+            model, m, correct[f"{init} {lm_key(lm_coef)}"] = train_setting(fc, task, data, base, sp.pad, init, lm_coef, device,
+                                                                          (sp.start, sp.delim, sp.extract))
             m["truncated"] = truncated
             tracking.log_metrics({f"final/{key}": v for key, v in m.items()})
         results.setdefault(init, {})[lm_key(lm_coef)] = m
@@ -458,7 +480,27 @@ def finetune(cfg, fc: FinetuneConfig) -> dict:
                 tracking.log_checkpoint(dest)
     metrics = {task.name: results}
     atomic_write_json(Path(fc.metrics_dir) / f"{task.name}.json", metrics)
+    items = {"n": len(data["test"].y), "correct": {k: "".join("-" if h is None else "01"[h] for h in v) for k, v in correct.items()}}
+    atomic_write_json(Path(fc.metrics_dir) / f"{task.name}.items.json", items)
     return metrics
+
+
+def bars(cfg, task: LabelledTask, base: GPT, tok: Tokenizer) -> dict[str, list[bool | None]]:
+    """Per test row, whether each bar fine-tuning must clear is right: "baseline" (the word
+    baseline fit on the train split) and "zero-shot" (the pre-trained model prompted with the
+    prompt_eval template of the task's name; none without one; None: query too long, skipped)."""
+    test, train = read_split(task, "test")[0], read_split(task, "train")[0]
+    name, out = word_correct(task.type, train, test)
+    hits = {"baseline": out}
+    zs = zero_shot_correct(base, tok, task.name, test, OmegaConf.to_object(cfg.prompt_eval))
+    if zs is not None:
+        hits["zero-shot"] = zs
+    m = {f"{k}/acc": sum(h is True for h in v) / max(1, sum(h is not None for h in v)) for k, v in hits.items()}
+    tracking.log_metrics(m)
+    if cfg.finetune.progress:
+        print(f"finetune {task.name} bars on the test rows: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) + f" (baseline: {name})",
+              file=sys.stderr)
+    return hits
 
 
 def task_epochs(fc: FinetuneConfig) -> FinetuneConfig:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 from torch.nn import functional as F
@@ -19,10 +20,14 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.gpt import GPT, GPTConfig
 from model.heads import TaskHead, TaskModel
 from model.tokenizer import Tokenizer
-from tasks import finetune, finetune_report
-from tasks.common import InputError, write_jsonl
+from tasks import finetune, finetune_report, prompting
+from tasks.common import InputError, read_jsonl, write_jsonl
 from tasks.config import compose
+from tasks.report import finetune_goals, verdicts_gpt1
 from tasks.finetune import Specials, collate, transform
+from tasks.world import tasks as world_tasks
+from tasks.world.baselines import difficulty
+from tasks.world.prompts import as_prompt_row
 
 WORDS = "red blue green cat dog bird Ann Bob park shop happy sad good bad not was the a it is".split()
 QUICK = ["tracking.enabled=false", "finetune.progress=false", "finetune.epochs=1", "finetune.batch_size=16"]
@@ -249,6 +254,7 @@ def test_end_to_end_grid_checkpoint_and_report(workspace):
         assert set(m) == {"val_acc", "test_acc", "val_macro_f1", "test_macro_f1", "truncated"}
     main = metrics["sentiment"]["pretrain"]["lm0.5"]
     assert flat["sentiment.pretrain.lm0.5.test_acc"] == main["test_acc"]
+    check_items("sentiment", metrics["sentiment"], cfg)
     assert main["truncated"] > 0  # max_len=12 cuts the longer reviews
     assert main["test_acc"] >= 0.75  # 'good' present or not: learnable in 24 steps
 
@@ -264,6 +270,7 @@ def test_end_to_end_grid_checkpoint_and_report(workspace):
     story = json.loads(Path("metrics/finetune/story_cloze.json").read_text())["story_cloze"]
     assert set(story) == {"pretrain", "scratch"} and set(story["scratch"]) == {"lm0.5"}
     assert "test_macro_f1" not in story["pretrain"]["lm0.5"]
+    check_items("story_cloze", story, cfg)
 
     mean = finetune_report.run(cfg)
     report = json.loads(Path("metrics/finetune.json").read_text())
@@ -275,6 +282,89 @@ def test_end_to_end_grid_checkpoint_and_report(workspace):
     assert rows[1]["gap lm0.0"] is None  # story_cloze ran no scratch λ=0
     assert mean["mean/pretrain lm0.5"] == rows[2]["pretrain lm0.5"]
     assert "| **mean** |" in Path("metrics/finetune_table.md").read_text()
+
+    # the paired comparison on the same rows, in the report and the table, and the verdicts it gives
+    items = {t: json.loads(Path(f"metrics/finetune/{t}.items.json").read_text())["correct"] for t in ("sentiment", "story_cloze")}
+    for t in items:
+        assert set(report[t]["vs"]) == {"zero-shot", "baseline", "scratch"}
+        assert report[t]["vs"] == finetune_report.versus(items[t])
+        v = report[t]["vs"]["scratch"]
+        assert v["n"] == len(items[t]["scratch lm0.5"])
+        assert v["diff"] == pytest.approx(report[t]["pretrain"]["lm0.5"]["test_acc"] - report[t]["scratch"]["lm0.5"]["test_acc"])
+    v = report["sentiment"]["vs"]["scratch"]
+    assert rows[0]["vs scratch"] == f"{100 * v['diff']:+.1f} ± {100 * v['ci95']:.1f}"
+    assert rows[2]["vs scratch"] is None  # no interval for a mean over tasks
+    goals = finetune_goals(Path("metrics"))
+    for g in goals.values():
+        for b in g["bars"].values():
+            assert b["ok"] == (b["diff"] > b["ci95"] or min(b["acc"], b["acc"] + b["diff"]) >= 0.99)
+        assert g["ok"] == all(b["ok"] for b in g["bars"].values())
+    # 8 stories after one epoch: not beyond the interval of every bar, so not met, whatever the point estimates
+    assert not all(b["ok"] for b in goals["story_cloze"]["bars"].values()) and goals["story_cloze"]["ok"] is False
+    verdicts = {line.split(" | ")[0][2:]: line for line in verdicts_gpt1(Path("metrics")).splitlines() if line.startswith("| ")}
+    assert "not cleared" in verdicts["story_cloze"] and verdicts["story_cloze"].endswith("| **NOT met** |")
+
+
+def check_items(task: str, by_init: dict, cfg) -> None:
+    """<task>.items.json: one 0/1 per test row for every setting (their mean is its test_acc), the word
+    baseline's (its mean is the data stage's number) and zero-shot's, scored on the same rows."""
+    items = json.loads(Path(f"metrics/finetune/{task}.items.json").read_text())
+    folder = Path("data/raw/tasks") / task
+    train, test = read_jsonl(folder / "train.jsonl"), read_jsonl(folder / "test.jsonl")
+    correct = items["correct"]
+    assert items["n"] == len(test)
+    assert set(correct) == {f"{i} {lm}" for i, lms in by_init.items() for lm in lms} | {"baseline", "zero-shot"}
+    assert all(len(v) == len(test) and set(v) <= set("01-") for v in correct.values())
+    for init, lms in by_init.items():
+        for lm, m in lms.items():
+            v = correct[f"{init} {lm}"]
+            assert "-" not in v and v.count("1") / len(v) == pytest.approx(m["test_acc"])
+    kind = json.loads((folder / "task.json").read_text())["type"]
+    base = difficulty(kind, train, test)
+    assert correct["baseline"].count("1") / len(test) == base["overlap" if kind == "multiple_choice" else "bow"]
+    # zero-shot: the prompt_eval template scored at k=0 on these rows, posed as a prompt task by hand
+    posed = Path("posed") / task
+    answers = {"sentiment": lambda r: ["positive", "negative"], "story_cloze": lambda r: r["choices"]}[task]
+    rows = [{**{k: v for k, v in r.items() if k != "label"}, "choices": answers(r),
+             "answer": r["label"] if task == "sentiment" else r["choices"][r["label"]]} for r in test]
+    write_jsonl(posed / "train.jsonl", [])
+    write_jsonl(posed / "test.jsonl", rows)
+    fields = ["text"] if task == "sentiment" else ["context"]
+    (posed / "task.json").write_text(json.dumps({"kind": "choice", "fields": fields}))
+    pc = OmegaConf.to_object(cfg.prompt_eval)
+    pc.shots, pc.max_items, pc.too_long = [0], -1, "skip"
+    ptask = prompting.load_task(Path("posed"), task, pc.tasks[task])
+    model, tok = load_checkpoint("models/pretrain").model, Tokenizer.load(Path("models/pretrain/tokenizer.json"))
+    _, _, hits = prompting.evaluate_task(model.eval(), tok, ptask, 0, pc)
+    assert correct["zero-shot"] == "".join("-" if i not in hits else "01"[hits[i]] for i in range(len(test)))
+    assert hits  # some rows fit the 48-token window
+
+
+def test_labelled_rows_posed_as_prompt_rows():
+    """A labelled row becomes the prompt task's row: its fields, the choices and the answer among them."""
+    for name in ("sentiment", "entailment", "paraphrase", "story_cloze"):
+        spec = world_tasks.TASKS[name]
+        labels = spec.get("labels") or list(range(spec["n_choices"]))
+        for i, label in enumerate(labels):
+            row = world_tasks.example(name, random.Random(i), label)
+            posed = as_prompt_row(name, row)
+            assert posed["answer"] in posed["choices"]
+            assert {k: row[k] for k in row if k not in ("label", "choices")}.items() <= posed.items()
+    assert as_prompt_row("entailment", {"premise": "a", "hypothesis": "b", "label": "neutral"})["answer"] == "maybe"
+    assert as_prompt_row("paraphrase", {"text_a": "a", "text_b": "b", "label": "different"})["answer"] == "no"
+    assert as_prompt_row("my_nli", {"premise": "a", "hypothesis": "b", "label": 1}) is None
+
+
+def test_paired_interval_by_hand():
+    """Fine-tuned 11110-, bar 10100 and a row it skipped: d = 0 1 0 1 0 (the skipped row left out), mean 0.4,
+    sd² = (3·0.4² + 2·0.6²)/4 = 0.3, half-width 1.96·√(0.3/5) = 0.4801."""
+    vs = finetune_report.versus({"pretrain lm0.5": "111101", "scratch lm0.5": "101001", "zero-shot": "10100-"})
+    assert set(vs) == {"scratch", "zero-shot"}  # no baseline entry, no baseline bar
+    z = vs["zero-shot"]
+    assert z["n"] == 5 and z["acc"] == pytest.approx(0.4) and z["diff"] == pytest.approx(0.4)
+    assert z["ci95"] == pytest.approx(1.96 * (0.3 / 5) ** 0.5) and z["ci95"] == pytest.approx(0.4801, abs=1e-4)
+    assert vs["scratch"]["n"] == 6 and vs["scratch"]["diff"] == pytest.approx(1 / 3)
+    assert finetune_report.versus({"scratch lm0.5": "10"}) == {}  # no fine-tuned vector: nothing to compare
 
 
 def test_scratch_main_setting_and_single_setting(workspace):
@@ -301,6 +391,9 @@ def test_user_task_runs_without_code_change(workspace):
     m = json.loads(Path("metrics/finetune/my_nli.json").read_text())["my_nli"]
     assert set(m["pretrain"]) == {"lm0.5", "lm0.0"} and 0.0 <= m["pretrain"]["lm0.5"]["test_macro_f1"] <= 1.0
     assert load_checkpoint("models/finetune/my_nli").meta["head"]["n_out"] == 3
+    # no prompt template named my_nli: no zero-shot bar; the word baseline still runs (bag of words, integer labels)
+    items = json.loads(Path("metrics/finetune/my_nli.items.json").read_text())
+    assert set(items["correct"]) == {"pretrain lm0.5", "pretrain lm0.0", "baseline"} and items["n"] == 9
 
     # MLflow: the stage's run, and one child run per setting nested under it
     import mlflow

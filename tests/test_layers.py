@@ -28,6 +28,7 @@ SHARED = {
     "tasks.contracts",  # the fields one stage writes and another reads
     "tasks.labels",  # the append-only human labels file
     "tasks.prompting",  # tasks written as prompts: rendering and scoring (prompt_eval, evaluate)
+    "tasks.zeroshot",  # the bars fine-tuning must clear, on its own test rows (finetune)
 }
 
 
