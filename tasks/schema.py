@@ -13,7 +13,7 @@ generic validator in `tasks/config.py` checks them and reports the dotted key in
 
 `tasks/config.py` validates every composed config against `Config`; each stage module imports its
 own section from here. This module imports nothing of the project but the world's names (its
-tasks and defects), so the dependency direction is conf -> tasks/schema -> tasks/config -> stages
+tasks, defects and corpus kinds), so the dependency direction is conf -> tasks/schema -> tasks/config -> stages
 -> model, and a broken stage module breaks no other entry point.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from tasks.world.corpus import KINDS as CORPUS_KINDS
 from tasks.world.instructions import ALL_DEFECTS
 from tasks.world.tasks import TASKS
 
@@ -65,6 +66,7 @@ Threads = Natural  # torch CPU threads; 0 = torch's default
 
 WorldTask = Literal[tuple(TASKS)]  # the world's labelled tasks (tasks/world/tasks.py)
 Defect = Literal[ALL_DEFECTS]  # the defects a demonstration can have (tasks/world/instructions.py)
+CorpusKind = Literal[CORPUS_KINDS]  # the kinds of corpus document (tasks/world/corpus.py)
 
 # --- model ----------------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class DataConfig:
     out_dir: str
     seed_offset: int
     corpus_mb: float
+    corpus_kinds: Annotated[dict[CorpusKind, NonNegative], NonEmpty()]  # share of the corpus bytes per kind
     n_train: Annotated[int, Range(ge=4)]  # every split needs each of up to 4 labels once
     n_val: Annotated[int, Range(ge=4)]
     n_test: Annotated[int, Range(ge=4)]
@@ -179,6 +182,17 @@ class TokenizerConfig:
 
 
 @dataclass
+class PretrainIcl:
+    """The in-context learning score after pre-training (`model/icl.py`)."""
+
+    windows: Count
+    early: Annotated[list[Natural], NonEmpty]  # [start, end), before `late` (checked by the stage)
+    late: Annotated[list[Natural], NonEmpty]
+    buckets: Count
+    batch_size: Count
+
+
+@dataclass
 class PretrainConfig:
     """GPT-1 §3.1, next-token pre-training (`tasks/pretrain.py`)."""
 
@@ -186,6 +200,7 @@ class PretrainConfig:
     out_dir: str
     metrics_file: str
     curve_file: str
+    position_loss_file: str
     init: str
     block_size: int
     short_block: Count
@@ -209,6 +224,7 @@ class PretrainConfig:
     log_every: int
     progress: bool
     threads: Threads
+    icl: PretrainIcl
 
 # --- finetune -------------------------------------------------------------------------
 
