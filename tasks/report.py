@@ -409,7 +409,7 @@ def verdicts_rlhf(m: Path) -> str:
 
 def headline(m: Path, stats_file: Path = STATS, scaling: Path = SCALING) -> str:
     """One row per claim of the papers with its verdict: the goals of the sections below, each linked."""
-    ft, pr, sr, rl = finetune_goals(m), prompting_goals(m), sft_rm_goals(m), rlhf_goals(m)
+    ft, pr, sr, rl = finetune_goals(m), prompting_goals(m, stats_file), sft_rm_goals(m), rlhf_goals(m)
     rows = []
 
     def row(claim: str, paper: str, section: str, parts: list[tuple[str, Goal | None]]) -> None:
@@ -429,6 +429,8 @@ def headline(m: Path, stats_file: Path = STATS, scaling: Path = SCALING) -> str:
     row("The auxiliary LM loss helps fine-tuning", "GPT-1", "finetune", [("", lm_coef_goal(m))])
     row("A pre-trained LM does tasks zero-shot", "GPT-2", "verdicts_prompting", [("above chance on ", pr.get("zero_shot"))])
     row("Few-shot beats zero-shot", "GPT-3", "verdicts_prompting", [("beyond noise on ", pr.get("few_shot"))])
+    row("A task is learned from the examples alone", "GPT-3", "verdicts_prompting",
+        [("in-context-only tasks beyond noise: ", pr.get("few_shot_in_context"))])
     row("In-context learning grows with model size", "GPT-3", "scaling", [("gain ", scaling_goal(scaling))])
     row("SFT follows instructions (oracle ≥ 0.80)", "InstructGPT step 1", "verdicts_sft_rm", [("", sr.get("sft"))])
     row("The reward model agrees with held-out rankings", "InstructGPT step 2", "verdicts_sft_rm",

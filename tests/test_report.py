@@ -115,13 +115,14 @@ def test_headline_has_one_row_per_claim_linked_to_its_section(tmp_path):
     m, stats = gpt_metrics(tmp_path)
     text = headline(m, stats, scaling_doc(tmp_path / "scaling.md", [0.01, 0.02]))
     rows = [line for line in text.splitlines() if line.startswith("| [")]
-    assert len(rows) == 12
+    assert len(rows) == 13
     by_claim = {r.split("](")[0][3:]: r for r in rows}
     assert by_claim["Pre-training helps fine-tuning"].endswith("| GPT-1 | 3 of 4 tasks beat zero-shot, a word baseline and scratch beyond "
                                                             "the paired 95% interval; mean +15.1 points over scratch | **NOT met** |")
     assert "(RESULTS.md#goals-of-gpt-1-fine-tuning)" in by_claim["Pre-training helps fine-tuning"]
     assert by_claim["Few-shot beats zero-shot"].endswith("| beyond noise on 1 of 3: entailment | **NOT met** |")
     assert by_claim["In-context learning grows with model size"].endswith("| met |")
+    assert "in-context-only tasks beyond noise: " in by_claim["A task is learned from the examples alone"]
     assert by_claim["The auxiliary LM loss helps fine-tuning"].endswith("| – |")  # the default grid has no λ = 0
     # no InstructGPT metrics: those claims are not run, not failed
     assert by_claim["SFT follows instructions (oracle ≥ 0.80)"].endswith("| not run | – |")
