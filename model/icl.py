@@ -100,7 +100,7 @@ def _score(curve: np.ndarray, early: tuple[int, int], late: tuple[int, int]) -> 
 
 
 @torch.no_grad()
-def position_loss(model, stream: np.ndarray, eos_id: int, T: int, *, windows: int = 64, early=(40, 60), late=(450, 500),
+def position_loss(model, stream: np.ndarray, eos_id: int, T: int, *, windows: int = 64, early=(20, 40), late=(150, 200),
                   seed: int = 0, batch_size: int = 16, autocast=nullcontext) -> PositionLoss:
     """The ICL score of `model` on held-out `stream` with windows of T tokens.
 

@@ -154,7 +154,7 @@ def test_icl_score_from_val_only_after_training(tokenized):
 
     from model.icl import position_loss
 
-    args = [*SMALL, "pretrain.max_steps=10", "pretrain.icl.windows=16"]
+    args = [*SMALL, "pretrain.max_steps=10", "pretrain.icl.windows=16", "pretrain.icl.early=[40,60]", "pretrain.icl.late=[450,500]"]
     first = pretrain.run(compose(args))
     meta = json.loads(Path("data/tokenized/meta.json").read_text())
     val = np.fromfile("data/tokenized/val.bin", dtype=meta["dtype"])
