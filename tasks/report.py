@@ -29,8 +29,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.world.prompts import IN_CONTEXT_ONLY
+
 STAMP_END = "<!-- end of stamp -->"
-STATS = Path("data/raw/stats.json")  # the data stage's counts and word baselines (not in git: `make pipeline` writes it)
 
 
 def read(path: Path) -> dict | None:
@@ -243,15 +244,15 @@ def lm_coef_goal(m: Path) -> Goal:
     return Goal(goal, f"{100 * mean:+.1f} points, mean of {len(diffs)} tasks", mean > 0)
 
 
-def prompting_goals(m: Path, stats_file: Path = STATS) -> dict[str, Goal]:
+def prompting_goals(m: Path) -> dict[str, Goal]:
     """GPT-2's zero-shot and GPT-3's few-shot claims, on the pre-trained model's prompt tasks. The tasks
-    only in-context examples can teach (the data stage lists them in stats.json) are judged apart: the
-    zero-shot goal leaves them out (by design they are at chance), few-shot must beat zero-shot on each."""
+    only in-context examples can teach (the world's templates named in `IN_CONTEXT_ONLY`) are judged
+    apart: the zero-shot goal leaves them out (by design they are at chance), few-shot must beat
+    zero-shot on each."""
     zero = (read(m / "prompt_eval.json") or {}).get("pretrain", {})
     if not zero:
         return {}
-    listed = (read(stats_file) or {}).get("prompts_in_context_only")
-    in_context = set(listed or ())
+    in_context = set(IN_CONTEXT_ONLY) & set(zero)
     k0 = {t: by_k["k0"] for t, by_k in zero.items() if by_k.get("k0", {}).get("chance") is not None and t not in in_context}
     # above chance beyond the 95% half-width of a binomial at chance (exact match: chance 0, so any hit counts)
     hits = [t for t, r in k0.items() if r["acc"] > r["chance"] + 1.96 * math.sqrt(r["chance"] * (1 - r["chance"]) / max(r["n"], 1))]
@@ -274,17 +275,14 @@ def prompting_goals(m: Path, stats_file: Path = STATS) -> dict[str, Goal]:
     icl_above = [t for t in icl if t in above]
     icl_goal = (f"few-shot (k={top}) above zero-shot beyond the paired 95% interval on every in-context-only task "
                 "(label words or a format the corpus never uses, made-up words, a mapping shown only by examples)")
-    if listed is None:
-        goals["few_shot_in_context"] = Goal(icl_goal, f"not known: {stats_file} lists no in-context-only tasks (run the data stage)", None)
-    else:
-        missed = [t for t in icl if t not in icl_above]
-        goals["few_shot_in_context"] = Goal(icl_goal, f"{len(icl_above)} of {len(icl)}" + (f"; not: {', '.join(missed)}" if missed else ""),
-                                            len(icl_above) == len(icl) if icl else None)
+    missed = [t for t in icl if t not in icl_above]
+    goals["few_shot_in_context"] = Goal(icl_goal, f"{len(icl_above)} of {len(icl)}" + (f"; not: {', '.join(missed)}" if missed else "")
+                                        if icl else "none evaluated", len(icl_above) == len(icl) if icl else None)
     return goals
 
 
-def verdicts_prompting(m: Path, stats_file: Path = STATS) -> str:
-    goals = prompting_goals(m, stats_file)
+def verdicts_prompting(m: Path) -> str:
+    goals = prompting_goals(m)
     return goals_table(list(goals.values())) + "\n" if goals else "_not run_\n"
 
 
@@ -407,9 +405,9 @@ def verdicts_rlhf(m: Path) -> str:
             + "; ".join(f"{n} {o:.3f} at KL {k:.2f}" for n, k, o in methods) + ".\n")
 
 
-def headline(m: Path, stats_file: Path = STATS, scaling: Path = SCALING) -> str:
+def headline(m: Path, scaling: Path = SCALING) -> str:
     """One row per claim of the papers with its verdict: the goals of the sections below, each linked."""
-    ft, pr, sr, rl = finetune_goals(m), prompting_goals(m, stats_file), sft_rm_goals(m), rlhf_goals(m)
+    ft, pr, sr, rl = finetune_goals(m), prompting_goals(m), sft_rm_goals(m), rlhf_goals(m)
     rows = []
 
     def row(claim: str, paper: str, section: str, parts: list[tuple[str, Goal | None]]) -> None:

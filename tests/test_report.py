@@ -41,12 +41,9 @@ def gpt_metrics(tmp_path):
     write(m / "prompt_eval.json", {"pretrain": {
         "sentiment": {"k0": k(1.0, 0.5), "k4": k(0.9, gain=-0.1, gain_ci95=0.05)},
         "entailment": {"k0": k(0.62, 1 / 3), "k4": k(0.70, gain=0.08, gain_ci95=0.05)},
-        "story_cloze": {"k0": k(0.27, 0.25), "k4": k(0.42, gain=0.02, gain_ci95=0.06, truncated=3)}}})
-    stats = tmp_path / "stats.json"
-    write(stats, {"tasks": {"sentiment": {"difficulty": {"bow": 0.6, "chance": 0.5}},
-                            "entailment": {"difficulty": {"bow": 0.49, "majority": 0.33}},
-                            "story_cloze": {"difficulty": {"overlap": 0.45}}}})
-    return m, stats
+        "story_cloze": {"k0": k(0.27, 0.25), "k4": k(0.42, gain=0.02, gain_ci95=0.06, truncated=3)},
+        "word_map": {"k0": k(0.25, 0.25), "k4": k(0.60, gain=0.35, gain_ci95=0.08)}}})  # in-context only: at chance zero-shot
+    return m
 
 
 def rows_of(text):
@@ -54,7 +51,7 @@ def rows_of(text):
 
 
 def test_fine_tuning_and_prompting_verdicts(tmp_path):
-    m, stats = gpt_metrics(tmp_path)
+    m = gpt_metrics(tmp_path)
     rows = rows_of(verdicts_gpt1(m))
     # zero-shot at the ceiling too: nothing left to beat; the others clear their intervals
     assert rows["sentiment"].endswith("| 99.5 | 99.5 (+0.0 ± 0.0, ceiling) | 60.0 (+39.5 ± 7.0) | 90.0 (+9.5 ± 2.5) | met |")
@@ -63,9 +60,10 @@ def test_fine_tuning_and_prompting_verdicts(tmp_path):
     assert rows["story_cloze"].endswith("| 60.0 | 27.0 (+33.0 ± 5.0) | 45.0 (+15.0 ± 6.0) | 23.0 (+37.0 ± 5.0) | met |")
     assert rows["my_nli"].endswith("| 70.0 | – | 50.0 (+20.0 ± 5.0) | 60.0 (+10.0 ± 5.0) | met |")  # no zero-shot bar to clear
     text = verdicts_prompting(m)
-    assert "| 3 of 600 | met |" in text  # 0.5% of the k=4 contexts cut
-    assert "| 1 of 3: entailment | **NOT met** |" in text  # one gain beyond its interval, of three
-    # story cloze: 0.27 is within 1.96·sqrt(0.25·0.75/200) = 0.06 of its chance 0.25
+    assert "| 3 of 800 | met |" in text  # 0.4% of the k=4 contexts cut
+    assert "| 2 of 4: entailment, word_map | **NOT met** |" in text  # two gains beyond their intervals, of four: not most
+    assert "| 1 of 1 | met |" in text  # the in-context-only task, judged apart
+    # story cloze: 0.27 is within 1.96·sqrt(0.25·0.75/200) = 0.06 of its chance 0.25; word_map is left out (in-context only)
     assert "| 2 of 3; not: story_cloze | met |" in text
 
 
@@ -84,7 +82,7 @@ def test_fine_tuning_verdicts_need_the_paired_comparison(tmp_path):
     rows = rows_of(verdicts_gpt1(m))
     assert rows["old"].endswith("| 90.0 | – | – | – | – |")
     assert "98.5 (+1.0 ± 1.2, not cleared)" in rows["near_ceiling"]
-    claim = [line for line in headline(m, tmp_path / "stats.json", tmp_path / "none.md").splitlines() if "Pre-training helps" in line][0]
+    claim = [line for line in headline(m, tmp_path / "none.md").splitlines() if "Pre-training helps" in line][0]
     assert claim.endswith("| 0 of 3 tasks beat zero-shot, a word baseline and scratch beyond the paired 95% interval; "
                           "mean +9.5 points over scratch | – |")  # one task not judged: the claim is not judged
 
@@ -112,17 +110,17 @@ def test_scaling_goal_asks_the_gain_to_grow_with_every_size(tmp_path):
 
 
 def test_headline_has_one_row_per_claim_linked_to_its_section(tmp_path):
-    m, stats = gpt_metrics(tmp_path)
-    text = headline(m, stats, scaling_doc(tmp_path / "scaling.md", [0.01, 0.02]))
+    m = gpt_metrics(tmp_path)
+    text = headline(m, scaling_doc(tmp_path / "scaling.md", [0.01, 0.02]))
     rows = [line for line in text.splitlines() if line.startswith("| [")]
     assert len(rows) == 13
     by_claim = {r.split("](")[0][3:]: r for r in rows}
     assert by_claim["Pre-training helps fine-tuning"].endswith("| GPT-1 | 3 of 4 tasks beat zero-shot, a word baseline and scratch beyond "
                                                             "the paired 95% interval; mean +15.1 points over scratch | **NOT met** |")
     assert "(RESULTS.md#goals-of-gpt-1-fine-tuning)" in by_claim["Pre-training helps fine-tuning"]
-    assert by_claim["Few-shot beats zero-shot"].endswith("| beyond noise on 1 of 3: entailment | **NOT met** |")
+    assert by_claim["Few-shot beats zero-shot"].endswith("| beyond noise on 2 of 4: entailment, word_map | **NOT met** |")
     assert by_claim["In-context learning grows with model size"].endswith("| met |")
-    assert "in-context-only tasks beyond noise: " in by_claim["A task is learned from the examples alone"]
+    assert by_claim["A task is learned from the examples alone"].endswith("| in-context-only tasks beyond noise: 1 of 1 | met |")
     assert by_claim["The auxiliary LM loss helps fine-tuning"].endswith("| – |")  # the default grid has no λ = 0
     # no InstructGPT metrics: those claims are not run, not failed
     assert by_claim["SFT follows instructions (oracle ≥ 0.80)"].endswith("| not run | – |")
