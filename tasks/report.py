@@ -163,7 +163,7 @@ def sections(m: Path) -> dict[str, str]:
     secs["demo_flaws"] = demo_flaws_sweep(m)
     secs["overopt"] = ("![over-optimisation](metrics/overoptimization.png)\n\n" + include(m / "overoptimization.md") + "\n"
                        if (m / "overoptimization.md").is_file() else "_not run_\n")
-    secs["seeds"] = include(m / "rlhf_seeds.md") if (m / "rlhf_seeds.md").is_file() else "_not run: `make rlhf-seeds`_\n"
+    secs["seeds"] = seeds_section(m)
     return secs
 
 
@@ -353,11 +353,14 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
     if not ev or "sft" not in ev:
         return {}
     goals = {}
-    seeds = read(m / "rlhf_seeds.json")
-    v = (seeds or {}).get("verdicts") or {}
-    n_seeds = len((seeds or {}).get("seeds", []))
-    src = f"{n_seeds} seeds pooled, `make rlhf-seeds`" if n_seeds > 1 else "one seed: `make rlhf-seeds` runs the others"
     s = ev["sft"]
+    seeds = read(m / "rlhf_seeds.json")
+    if seeds and not seeds_current(seeds, ev):
+        seeds, src = None, "one seed: `make rlhf-seeds` is of another SFT policy, rerun it"
+    else:
+        n_seeds = len((seeds or {}).get("seeds", []))
+        src = f"{n_seeds} seeds pooled, `make rlhf-seeds`" if n_seeds > 1 else "one seed: `make rlhf-seeds` runs the others"
+    v = (seeds or {}).get("verdicts") or {}
     if "ppo_ptx" in ev and "sampled_oracle_score" in s and "oracle_best_of_16" in ev:
         p, bo = ev["ppo_ptx"], ev["oracle_best_of_16"]["oracle_score"]
         need = 0.5 * (bo - s["sampled_oracle_score"])
@@ -391,6 +394,24 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
         goals["tax_prompt_eval"] = Goal("PPO-ptx's prompt-eval drop smaller than PPO's", f"{tax['ppo_ptx'][1]:+.3f} vs {tax['ppo'][1]:+.3f}",
                                         tax["ppo_ptx"][1] < tax["ppo"][1])
     return goals
+
+
+def seeds_current(seeds: dict, ev: dict) -> bool:
+    """Whether `make rlhf-seeds` ran on the pipeline's current SFT policy: its record of SFT's
+    sampled oracle score (the same evaluation, same prompts and seed) equals evaluate.json's."""
+    a, b = (seeds.get("verdicts") or {}).get("sft_sampled"), (ev.get("sft") or {}).get("sampled_oracle_score")
+    return a is not None and b is not None and abs(a - b) < 1e-9
+
+
+def seeds_section(m: Path) -> str:
+    """The seeds table, flagged when it was made from another SFT policy than evaluate.json's."""
+    if not (m / "rlhf_seeds.md").is_file():
+        return "_not run: `make rlhf-seeds`_\n"
+    seeds, ev = read(m / "rlhf_seeds.json"), read(m / "evaluate.json")
+    stale = bool(seeds and ev and "sft" in ev and not seeds_current(seeds, ev))
+    return (("**Stale**: these seeds ran on another SFT policy than the pipeline's current one (their SFT sampled "
+             f"score {(seeds.get('verdicts') or {}).get('sft_sampled')} vs {ev['sft'].get('sampled_oracle_score')}); "
+             "the goals above use the pipeline's one seed until `make rlhf-seeds` is run again.\n\n") if stale else "") + include(m / "rlhf_seeds.md")
 
 
 def verdicts_rlhf(m: Path) -> str:
