@@ -354,9 +354,9 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
         return {}
     goals = {}
     s = ev["sft"]
-    seeds = read(m / "rlhf_seeds.json")
-    if seeds and not seeds_current(seeds, ev):
-        seeds, src = None, "one seed: `make rlhf-seeds` is of another SFT policy, rerun it"
+    seeds, stale = current_seeds(m, ev)
+    if stale:
+        src = "one seed: `make rlhf-seeds` is of another SFT policy, rerun it"
     else:
         n_seeds = len((seeds or {}).get("seeds", []))
         src = f"{n_seeds} seeds pooled, `make rlhf-seeds`" if n_seeds > 1 else "one seed: `make rlhf-seeds` runs the others"
@@ -396,19 +396,24 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
     return goals
 
 
-def seeds_current(seeds: dict, ev: dict) -> bool:
-    """Whether `make rlhf-seeds` ran on the pipeline's current SFT policy: its record of SFT's
-    sampled oracle score (the same evaluation, same prompts and seed) equals evaluate.json's."""
-    a, b = (seeds.get("verdicts") or {}).get("sft_sampled"), (ev.get("sft") or {}).get("sampled_oracle_score")
-    return a is not None and b is not None and abs(a - b) < 1e-9
+def current_seeds(m: Path, ev: dict | None) -> tuple[dict | None, bool]:
+    """`make rlhf-seeds`'s record (None when absent or stale) and whether it is stale: made on another
+    SFT policy than evaluate.json's (its SFT sampled oracle score, same prompts and seed, differs)."""
+    seeds = read(m / "rlhf_seeds.json")
+    if not seeds or not ev or "sft" not in ev:
+        return seeds, False
+    a, b = (seeds.get("verdicts") or {}).get("sft_sampled"), ev["sft"].get("sampled_oracle_score")
+    stale = a is None or b is None or abs(a - b) >= 1e-9
+    return (None if stale else seeds), stale
 
 
 def seeds_section(m: Path) -> str:
     """The seeds table, flagged when it was made from another SFT policy than evaluate.json's."""
     if not (m / "rlhf_seeds.md").is_file():
         return "_not run: `make rlhf-seeds`_\n"
-    seeds, ev = read(m / "rlhf_seeds.json"), read(m / "evaluate.json")
-    stale = bool(seeds and ev and "sft" in ev and not seeds_current(seeds, ev))
+    ev = read(m / "evaluate.json")
+    _, stale = current_seeds(m, ev)
+    seeds = read(m / "rlhf_seeds.json") or {}
     return (("**Stale**: these seeds ran on another SFT policy than the pipeline's current one (their SFT sampled "
              f"score {(seeds.get('verdicts') or {}).get('sft_sampled')} vs {ev['sft'].get('sampled_oracle_score')}); "
              "the goals above use the pipeline's one seed until `make rlhf-seeds` is run again.\n\n") if stale else "") + include(m / "rlhf_seeds.md")
