@@ -34,7 +34,9 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.workspace import workspace_lock
 from tasks import tracking
+from tasks.common import InputError
 from tasks.config import ConfigError, compose, write_params
 
 def stage_graph(root: str | os.PathLike = ".") -> dict[str, list[str]]:
@@ -194,7 +196,9 @@ def run_logged(cmd: list[str], env: dict, label: str, what: str | None = None) -
     for line in proc.stdout:
         line = line.rstrip()
         lines.append(line)
-        if line.strip():
+        if line.startswith("warning: "):
+            logger.warning("%s | %s", label, line)
+        elif line.strip():
             logger.info("%s | %s", label, line)
     proc.wait()
     if proc.returncode != 0:
@@ -211,7 +215,8 @@ def run_stage(stage: str, parent_run_id: str | None) -> dict:
     lines = run_logged([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
                        stage_env(parent_run_id), stage, f"stage {stage}")
     skipped = any("didn't change, skipping" in ln for ln in lines)
-    return {"stage": stage, "ran": not skipped}
+    untracked = any(ln.startswith("warning: MLflow tracking") for ln in lines)
+    return {"stage": stage, "ran": not skipped, "tracking_incomplete": untracked}
 
 
 def ask_people(cfg) -> int:
@@ -247,10 +252,44 @@ def log_cached_stage(cfg, stage: str, parent_run_id: str, metrics: dict[str, flo
     import mlflow
 
     exp_id = tracking.setup(cfg.tracking)
-    tags = {"instructflow.stage": stage.split("@")[0], "dvc.stage": stage, "dvc.skipped": "true"}
+    tags = {"instructflow.stage": stage.split("@")[0], "dvc.stage": stage, "dvc.skipped": "true", tracking.STATE_TAG: "complete"}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} (cached)", parent_run_id=parent_run_id, tags=tags):
         if metrics:
             mlflow.log_metrics({tracking.metric_key(k): v for k, v in metrics.items()})
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def headline_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The papers' claims as one number each, for the parent run (so pipelines compare at the top
+    level of the MLflow UI), from the metrics the stages wrote (`results`: {stage: flat metrics}):
+    GPT-1 fine-tuned minus each bar (mean over tasks, paired on the same test rows), GPT-2 zero-shot
+    accuracy above chance, GPT-3 few-shot gain at the largest k (means over prompt tasks), SFT's
+    oracle score, the reward model's held-out and oracle accuracy, PPO-ptx against SFT. A claim
+    whose stage did not run is left out. RESULTS.md judges the same files (`tasks.report`)."""
+    out: dict[str, float | None] = {}
+    ft = results.get("finetune_report", {})
+    for bar in ("scratch", "baseline", "zero-shot"):
+        out[f"headline/gpt1.finetuned_minus_{bar.replace('-', '_')}"] = _mean([v for k, v in ft.items() if k.endswith(f".vs.{bar}.diff")])
+    pe = {k.removeprefix("pretrain."): v for k, v in results.get("prompt_eval", {}).items() if k.startswith("pretrain.")}
+    out["headline/gpt2.zero_shot_above_chance"] = _mean([v - pe[k[: -len("acc")] + "chance"] for k, v in pe.items()
+                                                          if k.endswith(".k0.acc") and k[: -len("acc")] + "chance" in pe])
+    ks = [int(k.split(".")[-2][1:]) for k in pe if k.endswith(".gain")]
+    if ks:
+        out[f"headline/gpt3.few_shot_gain_k{max(ks)}"] = _mean([v for k, v in pe.items() if k.endswith(f".k{max(ks)}.gain")])
+    pre = results.get("pretrain", {})
+    out["headline/pretrain.val_loss"] = pre.get("val_loss")
+    out["headline/pretrain.icl_score"] = pre.get("icl_score")
+    out["headline/sft.oracle_score"] = results.get("sft", {}).get("oracle_score.sft.mean")
+    rm = results.get("train_rm", {})
+    out["headline/rm.heldout_pairwise_acc"] = rm.get("heldout.pairwise_acc")
+    out["headline/rm.oracle_acc"] = rm.get("heldout.oracle_acc")
+    ev = results.get("evaluate", {})
+    for key in ("sampled_oracle_score_diff_vs_sft", "decisive_win_rate_vs_sft", "kl_to_sft"):
+        out[f"headline/ppo_ptx.{key}"] = ev.get(f"ppo_ptx.{key}")
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def dvc_lock_tags() -> dict[str, str]:
@@ -292,16 +331,33 @@ def publish_tables(cfg, results: dict[str, dict[str, float]]) -> None:
             create_markdown_artifact(Path(path).read_text(encoding="utf-8"), key=key, description=description)
 
 
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"Prefect flow run {flow_run.name} ({flow_run.id})" if flow_run.id else "a Prefect flow run"
+
+
 @flow(name="instructflow", log_prints=True)
 def instructflow(overrides: list[str] | None = None) -> dict:
-    """The whole pipeline on the composed config; returns each stage's metrics."""
+    """The whole pipeline on the composed config; returns each stage's metrics.
+
+    One run per workspace at a time (`flows.workspace`): a second is refused at once, naming the first."""
     overrides = list(overrides or [])
     if not Path(".dvc").is_dir():
         raise ConfigError(f"{Path.cwd()}: not a DVC repository (run `git init && dvc init` there)")
+    from flows.workspace import command_line
+
+    with workspace_lock(what=f"{_flow_run_name()}: {command_line()}"):
+        tracking.check_reachable(compose(overrides).tracking)  # before params.yaml is written, before any stage
+        return _run_pipeline(overrides)
+
+
+def _run_pipeline(overrides: list[str]) -> dict:
     cfg = configure(overrides)
     parent_id = tracking.start_parent_run(cfg, "pipeline", overrides)
     status = "FAILED"
     results = {}
+    untracked: list[str] = []
     graph = stage_graph()
     gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda_available())
     plan = Scheduler(graph, cfg.pipeline.concurrency, cfg.pipeline.gpu_stages if gpu else ())
@@ -334,18 +390,22 @@ def instructflow(overrides: list[str] | None = None) -> dict:
         for stage in plan.order:  # DAG order, whatever order they ran in
             r = futures[stage].result()
             results[stage] = numeric_leaves(read_stage_metrics(cfg, stage))
+            if r.get("tracking_incomplete"):
+                untracked.append(stage)
             if not r["ran"] and parent_id:
-                log_cached_stage(cfg, stage, parent_id, results[stage])
+                if tracking.guarded(f"the cached run of {stage}", log_cached_stage, cfg, stage, parent_id, results[stage]) is None \
+                        and tracking.tracking_failed():
+                    untracked.append(stage)
             results[stage]["ran"] = float(r["ran"])
         status = "FINISHED"
     finally:
         if parent_id:
-            import mlflow
-
-            client = mlflow.MlflowClient()
-            for k, v in dvc_lock_tags().items():
-                client.set_tag(parent_id, k, v)
-            client.set_terminated(parent_id, status=status)
+            if untracked:
+                logger.warning("MLflow tracking incomplete for: %s (their outputs are written; their runs are tagged %s=incomplete)",
+                               ", ".join(untracked), tracking.STATE_TAG)
+            headline = headline_metrics(results) if status == "FINISHED" else {}
+            tracking.finish_parent_run(parent_id, status, tags=dvc_lock_tags(), metrics=headline,
+                                       complete=not untracked and not tracking.tracking_failed(), warn=logger.warning)
     publish_tables(cfg, results)
     create_markdown_artifact(
         "\n".join(
@@ -361,6 +421,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
                 ),
                 f"- Tables: `{cfg.finetune.table_file}`, `{cfg.prompt_eval.table_file}`, `{cfg.sft.table_file}`, `{cfg.evaluate.table_file}`",
             ]
+            + ([f"- MLflow tracking incomplete for: {', '.join(untracked)}"] if untracked else [])
         ),
         key="where-to-look",
     )
@@ -370,9 +431,11 @@ def instructflow(overrides: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        compose(argv)  # fail fast, with one line, before starting Prefect
-        results = instructflow(argv)
-    except (ConfigError, StageFailed) as e:
+        with workspace_lock():  # refused at once, naming the run that holds the workspace
+            cfg = compose(argv)  # fail fast, with one line, before starting Prefect
+            tracking.check_reachable(cfg.tracking)
+            results = instructflow(argv)
+    except (InputError, StageFailed) as e:  # ConfigError, WorkspaceBusy, TrackingUnavailable are InputErrors
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(results, indent=2, sort_keys=True))
