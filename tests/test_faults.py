@@ -223,3 +223,77 @@ def test_mlflow_ui_kind_headline_and_moved_workspace(tmp_path, monkeypatch):
     with tracking.stage_run(cfg, "tokenize", sections=["seed"]):
         tracking.log_artifact(moved / "mlflow.db", "db")
     assert list((moved / "mlruns").rglob("db/mlflow.db")) and not ws.exists()
+
+
+def test_served_deployment_bad_input_fails_with_one_line_state(project, tmp_path):
+    """`prefect deployment run` of the served deployment: a bad config value, a corrupt data file, a
+    workspace already in use and a tracking server that is down each end the flow run Failed, its
+    state message the one-line reason, with no stage run downstream of the fault."""
+    import urllib.request
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ)
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(tmp_path / "prefect-server"),
+               PREFECT_API_URL=api, PREFECT_UI_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY="2")
+    prefect = str(Path(sys.executable).parent / "prefect")
+
+    def post(path: str, body: dict) -> list:
+        req = urllib.request.Request(f"{api}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def run_deployment(*overrides: str) -> tuple[dict, list[str]]:
+        """Run it to its end; -> (the flow run's state, its task runs' names)."""
+        proc = run_cmd([prefect, "deployment", "run", "instructflow/local", "-p", f"overrides={json.dumps(['experiment=smoke', *overrides])}",
+                        "--watch", "--watch-timeout", "400"], project, env=env, check=False, timeout=460)
+        import re
+
+        assert proc.returncode != 0, proc.stdout[-2000:]
+        found = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout)
+        assert found, proc.stdout[-2000:] + proc.stderr[-2000:]
+        run_id = found.group(1)
+        fr = post("/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]
+        assert fr["state"]["type"] == "FAILED", proc.stdout[-2000:] + proc.stderr[-2000:]
+        tasks = post("/task_runs/filter", {"flow_runs": {"id": {"any_": [fr["id"]]}}})
+        return fr["state"], sorted(t["name"] for t in tasks)
+
+    server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], project, env, tmp_path / "server.log")
+    served = None
+    try:
+        wait_http(f"{api}/health", 120)
+        served = start([sys.executable, "-m", "flows.serve"], project, env, tmp_path / "serve.log")
+        deadline = time.time() + 90
+        while run_cmd([prefect, "deployment", "inspect", "instructflow/local"], project, env=env, check=False).returncode:
+            assert time.time() < deadline and served.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(1)
+
+        state, tasks = run_deployment("pretrain.lr=fast")  # a bad config value
+        assert state["type"] == "FAILED" and "\n" not in state["message"], state
+        assert state["message"].endswith("ConfigError: pretrain.lr: Value 'fast' of type 'str' could not be converted to Float"), state
+        assert tasks == [] and written(project) == []
+
+        corpus = bad_corpus(tmp_path)  # a corrupt data file: the first stage fails, nothing after it runs
+        # quoted: Prefect's CLI prints the parameters as rich markup, and `[/tmp/...]` reads as a closing tag
+        state, tasks = run_deployment("data=files", f"data.paths=['{corpus}']")
+        assert state["type"] == "FAILED" and "\n" not in state["message"], state
+        assert state["message"].endswith(f"StageFailed: stage data failed: {corpus}: row 2 is not valid JSON (Invalid control character at)")
+        assert tasks == ["configure", "data"] and not (project / "data/tokenized").exists()
+
+        holder = hold_lock(project)  # the workspace is in use
+        try:
+            state, tasks = run_deployment()
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        assert state["type"] == "FAILED" and "\n" not in state["message"], state
+        assert f"WorkspaceBusy: {project}: workspace in use by pid {holder.pid} (started " in state["message"] and tasks == [], state
+
+        uri = f"http://127.0.0.1:{free_port()}"  # the tracking server is down
+        state, tasks = run_deployment(f"tracking.uri={uri}")
+        assert state["type"] == "FAILED" and "\n" not in state["message"], state
+        assert f"TrackingUnavailable: tracking.uri {uri}: MLflow tracking server not reachable" in state["message"] and tasks == [], state
+    finally:
+        if served is not None:
+            stop(served)
+        stop(server)
