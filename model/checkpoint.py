@@ -11,17 +11,15 @@ Layout:
     heads.safetensors   optional flat dict of extra tensors (classifier, reward or value heads)
 
 A save writes everything into a sibling temp folder, fsyncs it, and only then swaps it in, so a
-crash leaves either the old checkpoint or the new one, never half of one.
+crash leaves either the old checkpoint or the new one, never half of one (model/files.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
+import pickle
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.errors import CheckpointError  # noqa: F401  (raised here; callers import it from here too)
+from model.files import atomic_folder, sweep  # noqa: F401  (atomic_folder: model/hf.py imports it from here)
 from model.gpt import GPT, GPTConfig
 
 WEIGHTS = "model.safetensors"
@@ -59,42 +58,6 @@ def _one_line(e: BaseException) -> str:
     return msg[0] if msg else type(e).__name__
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temp folder beside `dest`; on success it replaces `dest`, on error it is removed.
-
-    The old `dest` is renamed away only once the new folder is complete and fsynced, and deleted
-    only after the new one is in place.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    _fsync(dest.parent)  # make the renames durable
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def weights_of(model: GPT) -> dict[str, torch.Tensor]:
     """The model's tensors as safetensors wants them: contiguous, on CPU, tied weight once."""
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED}
@@ -113,21 +76,37 @@ def save_checkpoint(
     dest = Path(path)
     if tokenizer_path is not None and not Path(tokenizer_path).is_file():
         raise CheckpointError(f"checkpoint {dest}: tokenizer file {tokenizer_path} not found")
-    with atomic_folder(dest) as tmp:
-        # the JSON and pickle steps come first: they are the ones that fail on bad input
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if trainer_state is not None:
-            try:  # and refuse now what resuming could not read back (mmap: only the pickle is parsed)
-                torch.save(trainer_state, tmp / TRAINER)
-                torch.load(tmp / TRAINER, weights_only=True, mmap=True)
-            except Exception as e:
-                raise CheckpointError(f"checkpoint {dest}: trainer_state cannot be saved ({_one_line(e)})") from None
-        (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        save_file(weights_of(model), tmp / WEIGHTS, metadata={"format": "pt"})
-        if extra_tensors:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / HEADS)
-        if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+    kept = "the previous checkpoint is kept" if dest.is_dir() else "nothing was written"
+    meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"  # bad meta: json's TypeError, before anything is written
+    name = META
+    try:
+        with atomic_folder(dest) as tmp:
+            # the JSON and pickle steps come first: they are the ones that fail on bad input
+            (tmp / META).write_text(meta_text, encoding="utf-8")
+            if trainer_state is not None:
+                name = TRAINER
+                try:  # (a failed write is torch's RuntimeError: the disk, reported below)
+                    torch.save(trainer_state, tmp / TRAINER)
+                except (pickle.PicklingError, TypeError, AttributeError) as e:
+                    raise CheckpointError(f"checkpoint {dest}: trainer_state cannot be saved ({_one_line(e)})") from None
+                try:  # and refuse now what resuming could not read back (mmap: only the pickle is parsed)
+                    torch.load(tmp / TRAINER, weights_only=True, mmap=True)
+                except pickle.UnpicklingError as e:
+                    raise CheckpointError(f"checkpoint {dest}: trainer_state cannot be saved ({_one_line(e)})") from None
+            name = CONFIG
+            (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+            name = WEIGHTS
+            save_file(weights_of(model), tmp / WEIGHTS, metadata={"format": "pt"})
+            if extra_tensors:
+                name = HEADS
+                save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / HEADS)
+            if tokenizer_path is not None:
+                name = TOKENIZER
+                shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a full disk, a quota, a file size limit, an I/O error (safetensors has its own error type)
+        raise CheckpointError(f"checkpoint {dest}: writing {name} failed ({_one_line(e)}); {kept}") from None
     return dest
 
 
@@ -183,6 +162,7 @@ def load_weights(model: GPT, tensors: dict[str, torch.Tensor], folder: Path) -> 
 def load_checkpoint(path, *, device="cpu", load_trainer: bool = False) -> Checkpoint:
     """Read a checkpoint folder written by `save_checkpoint`, the model on `device`."""
     folder = Path(path)
+    sweep(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint {folder}: folder not found")
     model = GPT(config_from_dict(read_json(folder, CONFIG), folder))

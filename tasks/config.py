@@ -262,6 +262,9 @@ def stage_main(run: Callable[[Any], dict], argv: list[str] | None = None) -> Non
     except (InputError, ConfigError, CheckpointError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk, a quota, a permission: what failed and on which file, in one line
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -3,7 +3,7 @@
     python -m tasks.dpo                                   # conf/ defaults: models/sft + rankings -> models/dpo
     python -m tasks.dpo dpo.loss=ipo                      # the IPO loss (Azar et al. 2023)
     python -m tasks.dpo dpo.pairs=best_vs_rest            # the top response against each other one
-    python -m tasks.dpo dpo.resume=true                   # continue a killed run from models/dpo
+    python -m tasks.dpo dpo.resume=true                   # continue a killed run even with other settings (tasks/resume.py)
 
 The policy starts from SFT; a frozen copy of SFT (`reference`, same tokenizer) is the reference,
 its log-probabilities computed once, before training, for every response of the training pairs
@@ -25,7 +25,7 @@ prompt at temperature 1 — its KL to the reference (k1, nats per response), rew
 and oracle score, the over-optimisation curve's point — and the greedy responses' oracle score.
 
 Batches are a pure function of (seed, epoch, step) and `trainer.pt` keeps the optimizer and
-history, so a killed run resumed with `resume=true` logs the same numbers on CPU.
+history, so a killed run started again logs the same numbers on CPU (tasks/resume.py).
 
 Outputs: `out_dir` (checkpoint), `metrics_file`, `curve_file` (one row per logged step).
 """
@@ -53,6 +53,7 @@ from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device, torch_threads
 from tasks.config import stage_main
 from tasks.inputs import checkpoint_dir, read_prompts, read_rankings, rm_split, same_tokenizer, split_of, strict_tokenizer
+from tasks.resume import Resume
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import DPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
@@ -191,8 +192,11 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
     instructions = {r["id"]: r for r in instruction_rows + held_rows}
 
     out_dir = Path(dc.out_dir)
-    resume = dc.resume and (out_dir / "trainer.pt").is_file()
-    start = load_checkpoint(out_dir if resume else policy_dir, device=device, load_trainer=resume)
+    res = Resume(cfg, "dpo", sections=["seed", "dpo"], out_dir=out_dir,
+                 inputs=[policy_dir, ref_dir, path, dc.prompts_file] + ([rm_dir] if rm is not None else []))
+    resume_from = res.start()
+    resume = resume_from is not None
+    start = load_checkpoint(resume_from or policy_dir, device=device, load_trainer=resume)
     policy = start.model.float()
     ref = from_pretrained(ref_dir).to(device).float().eval().requires_grad_(False)
     for m in (policy, ref):
@@ -224,12 +228,14 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
     if resume:
         opt.load_state_dict(start.trainer_state["optimizer"])
 
-    def save() -> None:
-        meta = {"stage": "dpo", "step": loop.step, "reference": str(ref_dir), "loss": dc.loss, "beta": dc.beta, "pairs": dc.pairs,
+    def save(final: bool = False) -> None:
+        meta = {**res.meta(), "stage": "dpo", "step": loop.step, "reference": str(ref_dir), "loss": dc.loss, "beta": dc.beta, "pairs": dc.pairs,
                 "last": history[-1] if history else None, "format": "prompt\\nAnswer: response<|endoftext|>",
                 "config": OmegaConf.to_container(cfg, resolve=True)}
         state = {"optimizer": opt.state_dict(), **loop.state(), "evals": evals}
-        save_checkpoint(out_dir, policy, meta, tokenizer_path=policy_dir / "tokenizer.json", trainer_state=state)
+        save_checkpoint(out_dir if final else res.folder, policy, meta, tokenizer_path=policy_dir / "tokenizer.json", trainer_state=state)
+        if final:
+            res.finish()
 
     def run_eval() -> dict:
         if not eval_rows:
@@ -253,7 +259,7 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
         r = ref_lp[idx].to(device)
         loss, st = rl.dpo_loss(chosen, rejected, r[:, 0], r[:, 1], dc.beta, dc.loss)
         optimizer_step(loss, opt, policy.parameters(), dc.grad_clip,
-                       f"dpo: non-finite loss at step {loop.step + 1}; last good checkpoint kept in {out_dir}")
+                       f"dpo: non-finite loss at step {loop.step + 1}; last good checkpoint kept in {res.folder}")
         loop.advance()
         now = {"loss": loss.item(), "reward_acc": st["reward_acc"].item(), "reward_margin": st["reward_margin"].item(),
                "chosen_reward": st["chosen_reward"].mean().item(), "rejected_reward": st["rejected_reward"].mean().item(),
@@ -274,7 +280,7 @@ def train(cfg, dc: DPOConfig, device: str) -> dict:
                      f"logp w {rec['chosen_logp']:.2f} l {rec['rejected_logp']:.2f}{ev}")
         if loop.checkpointing():
             save()
-    save()
+    save(final=True)
     first = next((h for h in history if "chosen_logp" in h), None)
     metrics = {
         "loss": dc.loss, "beta": dc.beta, "pairs_from": dc.pairs, "steps": loop.step, "epochs": dc.epochs,

@@ -3,7 +3,7 @@
     python -m tasks.ppo                                      # conf/ defaults: models/sft + models/rm -> models/ppo
     python -m tasks.ppo ppo.variant=ppo_ptx                  # PPO-ptx -> models/ppo_ptx
     python -m tasks.ppo ppo.variant=ppo_gold                 # the gold-reward run (the oracle as the reward)
-    python -m tasks.ppo ppo.resume=true                      # continue a killed run from its checkpoint
+    python -m tasks.ppo ppo.resume=true                      # continue a killed run even with other settings (tasks/resume.py)
     python -m tasks.ppo ppo.variant=ppo_ptx ppo.estimator=rloo   # RLOO (+ptx): k samples per prompt, no critic
     python -m tasks.ppo experiment=smoke ppo.updates=4       # tiny CPU run, seconds
 
@@ -96,6 +96,7 @@ from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, finite_or_none, resolve_device, torch_threads
 from tasks.config import stage_main
 from tasks.inputs import checkpoint_dir, load_tokens, read_prompts, rm_split, same_tokenizer, strict_tokenizer
+from tasks.resume import Resume
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import PPOConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
@@ -270,10 +271,13 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     if rm is not None:
         rm.eval().requires_grad_(False)
 
-    resume = pc.resume and (out_dir / "trainer.pt").is_file()
-    start = load_checkpoint(out_dir if resume else sft, device=device, load_trainer=resume)
+    res = Resume(cfg, f"ppo[{pc.variant}]", sections=["seed", "ppo"], out_dir=out_dir, setting=pc.resume,
+                 inputs=[sft, pc.prompts_file] + ([rm_dir] if use_rm else []) + ([pc.pretrain_data] if pc.ptx_coef > 0 else []))
+    resume_from = res.start()
+    resume = resume_from is not None
+    start = load_checkpoint(resume_from or sft, device=device, load_trainer=resume)
     if resume and start.trainer_state.get("estimator", "ppo") != pc.estimator:
-        raise InputError(f"{out_dir}: trained with ppo.estimator={start.trainer_state.get('estimator', 'ppo')}, "
+        raise InputError(f"{resume_from}: trained with ppo.estimator={start.trainer_state.get('estimator', 'ppo')}, "
                          f"cannot resume it with ppo.estimator={pc.estimator}")
     policy = start.model.float()
     set_dropout(policy, 0.0)
@@ -303,8 +307,8 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
     counts = {"train_prompts": len(train_rows), "heldout_prompts": len(held_rows), "eval_prompts": len(eval_rows),
               "prompts_cut": sum(e[1] for e in enc)}
 
-    def save() -> None:
-        meta = {"stage": "ppo", "variant": pc.variant, "update": loop.step, "reference": str(sft), "reward_model": str(rm_dir) if use_rm else None,
+    def save(final: bool = False) -> None:
+        meta = {**res.meta(), "stage": "ppo", "variant": pc.variant, "update": loop.step, "reference": str(sft), "reward_model": str(rm_dir) if use_rm else None,
                 "reward": pc.reward, "value": None if critic_free else pc.value, "estimator": pc.estimator,
                 "group_size": pc.group_size if critic_free else 1, "kl_estimator": pc.kl_estimator, "beta": kl_ctl.beta,
                 "reward_norm": scorer.norm, "ptx_coef": pc.ptx_coef, "last": history[-1] if history else None,
@@ -312,8 +316,10 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
         state = {"policy_opt": policy_opt.state_dict(), "value_opt": value_opt.state_dict() if value_opt is not None else None,
                  **loop.state(), "evals": evals, "beta": kl_ctl.beta, "reward_norm": scorer.norm,
                  "estimator": pc.estimator}
-        save_checkpoint(out_dir, policy, meta, tokenizer_path=sft_tok, trainer_state=state,
+        save_checkpoint(out_dir if final else res.folder, policy, meta, tokenizer_path=sft_tok, trainer_state=state,
                         extra_tensors=critic_tensors(critic, learner.shared) if critic is not None else None)
+        if final:
+            res.finish()
 
     def run_eval() -> dict:
         if not eval_rows:
@@ -372,7 +378,7 @@ def train(cfg, pc: PPOConfig, device: str) -> dict:
                  f"clip {rec['clip_frac']:.3f} len {rec['response_len']:.1f}{ev}", timing=f"{t1 - t0:.1f}+{t2 - t1:.1f}+{t3 - t2:.1f} s")
         if loop.checkpointing():
             save()
-    save()
+    save(final=True)
 
     tail = history[-max(1, len(history) // 10):] if history else []
     metrics = {

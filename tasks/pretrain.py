@@ -2,7 +2,7 @@
 
     python -m tasks.pretrain                                     # conf/ defaults
     python -m tasks.pretrain experiment=smoke pretrain.max_steps=50   # tiny CPU run, seconds
-    python -m tasks.pretrain pretrain.resume=true                # continue from models/pretrain
+    python -m tasks.pretrain pretrain.resume=true                # continue even with other settings (tasks/resume.py)
     torchrun --nproc_per_node=2 -m tasks.pretrain --params params.yaml   # DDP (gloo on CPU)
 
 AdamW (fused on CUDA; no decay on biases, norms, embeddings), linear warm-up then cosine
@@ -46,6 +46,7 @@ from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, resolve_device
 from tasks.config import stage_main
 from tasks.inputs import load_tokens
+from tasks.resume import Resume
 from tasks.schema import PretrainConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 
@@ -109,7 +110,9 @@ class Trainer:
                 raise InputError(f"{self.data_dir / (name + '.bin')}: {len(data)} tokens, fewer than one window of {self.T + 1}")
 
         self.out_dir = Path(pc.out_dir)
-        resume_from = self.out_dir if pc.resume and (self.out_dir / "trainer.pt").is_file() else None
+        self.resume = Resume(cfg, "pretrain", sections=["seed", "model", "pretrain"], out_dir=pc.out_dir,
+                             inputs=[self.data_dir] + ([pc.init] if pc.init != "scratch" else []))
+        resume_from = self.resume.start()
         self.trainer_state = None
         if resume_from is not None:
             ckpt = load_checkpoint(resume_from, load_trainer=True)
@@ -214,10 +217,12 @@ class Trainer:
         return position_loss(self.model, self.val_data, self.meta["eos_id"], self.T, windows=ic.windows, early=ic.early,
                              late=ic.late, seed=self.cfg.seed, batch_size=ic.batch_size, autocast=self.autocast)
 
-    def save(self, metrics: dict) -> None:
+    def save(self, metrics: dict, final: bool = False) -> None:
+        """The final checkpoint to out_dir; one along the way to the unfinished run's folder."""
         if not self.master:
             return
         meta = {
+            **self.resume.meta(),
             "stage": "pretrain",
             "step": self.step,
             "metrics": metrics,
@@ -230,7 +235,10 @@ class Trainer:
             "history": self.history,
             "rng_cpu": torch.get_rng_state(),
         }
-        save_checkpoint(self.out_dir, self.model, meta, tokenizer_path=self.data_dir / "tokenizer.json", trainer_state=state)
+        save_checkpoint(self.out_dir if final else self.resume.folder, self.model, meta,
+                        tokenizer_path=self.data_dir / "tokenizer.json", trainer_state=state)
+        if final:
+            self.resume.finish()
 
 
 CURVE = ("step", "train_loss", "val_loss", "val_loss_short")  # the curve file's columns
@@ -330,7 +338,7 @@ def train(cfg, pc: PretrainConfig) -> tuple[dict[str, float], list[dict]]:
             long = "none long enough" if pl.score_long is None else f"{pl.score_long:+.4f} over {pl.windows_long}"
             print(f"pretrain ICL score {pl.score:+.4f} over {pl.windows} val windows (long documents: {long}) "
                   f"in {time.perf_counter() - t_icl:.1f} s", file=sys.stderr, flush=True)
-    tr.save(metrics)
+    tr.save(metrics, final=True)
     if tr.master:
         atomic_write_json(pc.metrics_file, metrics)
         atomic_write_text(pc.curve_file, curve_csv(tr.history, CURVE))

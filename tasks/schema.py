@@ -63,6 +63,7 @@ Share = Annotated[float, Range(ge=0, le=1)]  # a fraction of something, in [0, 1
 NonNegative = Annotated[float, Range(ge=0)]
 Positive = Annotated[float, Range(gt=0)]
 Threads = Natural  # torch CPU threads; 0 = torch's default
+Resume = Literal["auto", True, False]  # continue an unfinished run: of the same settings and inputs, always, never (tasks/resume.py)
 
 WorldTask = Literal[tuple(TASKS)]  # the world's labelled tasks (tasks/world/tasks.py)
 Defect = Literal[ALL_DEFECTS]  # the defects a demonstration can have (tasks/world/instructions.py)
@@ -218,7 +219,7 @@ class PretrainConfig:
     eval_every: int
     eval_batches: int
     ckpt_every: int
-    resume: bool
+    resume: Resume
     compile: bool
     dtype: Literal["auto", "float32", "bfloat16"]
     log_every: int
@@ -332,7 +333,7 @@ class SFTConfig:
     max_train_rows: int
     eval_every: int
     ckpt_every: int
-    resume: bool
+    resume: Resume
     eval_prompts: int
     max_new_tokens: int
     eval_batch_size: int
@@ -406,6 +407,8 @@ class TrainRMConfig:
     seed: int
     threads: Threads
     log_every: int
+    ckpt_every: Natural
+    resume: Resume
     progress: bool
 
 # --- ppo ------------------------------------------------------------------------------
@@ -455,7 +458,7 @@ class PPOConfig:
     samples_every: int
     n_samples: int
     ckpt_every: int
-    resume: bool
+    resume: Resume
     progress: bool
     threads: Threads
     seed: int
@@ -489,7 +492,7 @@ class DPOConfig:
     eval_prompts: int
     max_new_tokens: int
     ckpt_every: int
-    resume: bool
+    resume: Resume
     log_every: int
     progress: bool
     threads: Threads
@@ -601,6 +604,7 @@ class Config:
 
     seed: int
     device: str
+    resume_dir: str
     model: ModelConfig
     data: DataConfig
     tokenizer: TokenizerConfig

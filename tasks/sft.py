@@ -2,7 +2,7 @@
 
     python -m tasks.sft                                   # conf/ defaults: models/pretrain -> models/sft
     python -m tasks.sft experiment=smoke sft.epochs=1     # tiny CPU run, seconds
-    python -m tasks.sft sft.resume=true                   # continue a killed run from models/sft
+    python -m tasks.sft sft.resume=true                   # continue a killed run even with other settings (tasks/resume.py)
 
 Each demonstration is `prompt\\nAnswer: response<|endoftext|>` (the format of `model/instruct.py`,
 used by every later stage); the loss is the next-token cross-entropy on the response tokens
@@ -13,7 +13,7 @@ The paper's recipe scaled down: several epochs over the demonstrations (16 in th
 a cosine decay; it chose the final model by reward-model score, we keep the last epoch), AdamW,
 linear warm-up then cosine decay, optional dropout (the paper used 0.2), gradient clipping.
 Batches are a pure function of (seed, epoch, step), and the checkpoint's `trainer.pt` holds the
-optimizer, RNG and history, so a killed run resumed with `resume=true` ends with the same losses.
+optimizer, RNG and history, so a killed run started again ends with the same losses (tasks/resume.py).
 
 Evaluation (what SFT adds): greedy responses to the held-out `rl_eval` prompts scored by the
 world's oracle (`tasks.world.oracle.score`), mean and by kind, with the EOS rate, for
@@ -46,6 +46,7 @@ from tasks import tracking
 from tasks.common import (InputError, atomic_write_json, atomic_write_text, markdown_table, read_jsonl, resolve_device, torch_threads)
 from tasks.config import stage_main
 from tasks.inputs import read_demos, strict_tokenizer
+from tasks.resume import Resume
 from tasks.world.oracle import score as oracle_score
 from tasks.schema import SFTConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
@@ -124,9 +125,12 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
     init = Path(sc.init)
     out_dir = Path(sc.out_dir)
     data = Path(sc.data_dir)
-    resume = sc.resume and (out_dir / "trainer.pt").is_file()
-    ckpt = load_checkpoint(out_dir if resume else init, device=device, load_trainer=resume)
-    tok_dir = out_dir if resume else init
+    res = Resume(cfg, "sft", sections=["seed", "sft"], inputs=[init, data / "sft_train.jsonl", data / "sft_val.jsonl"],
+                 out_dir=out_dir)
+    resume_from = res.start()
+    resume = resume_from is not None
+    ckpt = load_checkpoint(resume_from or init, device=device, load_trainer=resume)
+    tok_dir = resume_from or init
     tok = strict_tokenizer(tok_dir)
     model = ckpt.model
     if model.config.vocab_size < tok.vocab_size:
@@ -148,11 +152,13 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
     else:
         torch.manual_seed(sc.seed)
 
-    def save(metrics: dict) -> None:
-        meta = {"stage": "sft", "step": loop.step, "metrics": metrics, "init": str(init), "format": "prompt\\nAnswer: response<|endoftext|>",
+    def save(metrics: dict, final: bool = False) -> None:
+        meta = {**res.meta(), "stage": "sft", "step": loop.step, "metrics": metrics, "init": str(init), "format": "prompt\\nAnswer: response<|endoftext|>",
                 "config": OmegaConf.to_container(cfg, resolve=True)}
         state = {"optimizer": opt.state_dict(), **loop.state(), "rng_cpu": torch.get_rng_state()}
-        save_checkpoint(out_dir, model, meta, tokenizer_path=tok_dir / "tokenizer.json", trainer_state=state)
+        save_checkpoint(out_dir if final else res.folder, model, meta, tokenizer_path=tok_dir / "tokenizer.json", trainer_state=state)
+        if final:
+            res.finish()
 
     last_val = next((h["val_loss"] for h in reversed(loop.history) if "val_loss" in h), None)
     while loop.running():
@@ -164,7 +170,7 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
         model.train()
         _, loss = model(x.to(device), y.to(device))
         optimizer_step(loss, opt, model.parameters(), sc.grad_clip,
-                       f"sft: non-finite loss at step {loop.step + 1}; last good checkpoint kept in {out_dir}")
+                       f"sft: non-finite loss at step {loop.step + 1}; last good checkpoint kept in {res.folder}")
         loop.advance()
         rec = {"step": loop.step, "train_loss": loss.item()}
         if loop.evaluating():
@@ -182,7 +188,7 @@ def train(cfg, sc: SFTConfig, device: str) -> tuple[dict, list[dict], Tokenizer]
     metrics = {"train_loss": loop.history[-1]["train_loss"] if loop.history else float("nan"), "val_loss": last_val,
                "step": loop.step, "epochs": sc.epochs, "train_seconds": loop.seconds(),
                "examples": {"train": train_counts, "val": val_counts}}
-    save({k: v for k, v in metrics.items() if k != "examples"})
+    save({k: v for k, v in metrics.items() if k != "examples"}, final=True)
     return metrics, loop.history, tok
 
 

@@ -61,6 +61,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from model.checkpoint import load_checkpoint
 from model.load import from_pretrained
 from model.instruct import encode_example, encode_prompt, pad_right
 from model.reward import RewardModel, forward_items, items_loss, score_items
@@ -70,6 +71,7 @@ from tasks import tracking
 from tasks.common import InputError, atomic_write_json, read_jsonl, resolve_device
 from tasks.config import stage_main
 from tasks.inputs import read_rankings, split_of
+from tasks.resume import Resume
 from tasks.world import oracle
 from tasks.schema import TrainRMConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
@@ -213,9 +215,14 @@ def build_model(rc: TrainRMConfig, device: str) -> tuple[RewardModel, Path]:
     return RewardModel(gpt.float(), dropout=rc.head_dropout, lm_scale=1.0 if rc.lm_feature else None).to(device), tok_path
 
 
-def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], pad_id: int, device: str) -> list[dict]:
+def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], pad_id: int, device: str,
+          state: dict | None = None, checkpoint=None) -> list[dict]:
     """The K-way loss over `splits['train']` for `epochs` (early stopping on 'val' with
-    `patience`); per-epoch accuracies. The model ends with the weights of the best epoch."""
+    `patience`); per-epoch accuracies. The model ends with the weights of the best epoch.
+
+    Every `ckpt_every` steps `checkpoint(state)` is called with what a killed run needs to go on
+    exactly (optimizer, the epoch's shuffle generator, the position in the epoch, the running
+    sums, the best epoch so far); `state` is such a dict to continue from."""
     opt = model.gpt.configure_optimizers(rc.weight_decay, rc.lr, (0.9, 0.999), "cuda" if device.startswith("cuda") else "cpu")
     opt.add_param_group({"params": [model.head.weight], "weight_decay": rc.weight_decay})
     opt.add_param_group({"params": [model.head.bias], "weight_decay": 0.0})
@@ -225,13 +232,23 @@ def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], 
     steps_per_epoch = math.ceil(len(data) / rc.batch_size)
     total = rc.epochs * steps_per_epoch
     g = torch.Generator().manual_seed(rc.seed)
-    history, step, t0 = [], 0, time.perf_counter()
+    history, step, first_epoch, t0 = [], 0, 1, time.perf_counter()
     best, best_state, best_epoch, waited = -1.0, None, 0, 0
-    for epoch in range(1, rc.epochs + 1):
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        g.set_state(state["epoch_generator"])
+        history, step, first_epoch = list(state["history"]), int(state["step"]), int(state["epoch"])
+        best, best_epoch, waited, best_state = float(state["best"]), int(state["best_epoch"]), int(state["waited"]), state["best_state"]
+        t0 -= float(state["seconds"])
+    for epoch in range(first_epoch, rc.epochs + 1):
         model.train()
+        epoch_generator = g.get_state()
         perm = torch.randperm(len(data), generator=g).tolist()
-        loss_sum, right, pairs = 0.0, 0.0, 0
-        for s in range(0, len(data), rc.batch_size):
+        loss_sum, right, pairs, begin = 0.0, 0.0, 0, 0
+        if state is not None and epoch == first_epoch:
+            loss_sum, right, pairs, begin = float(state["loss_sum"]), float(state["right"]), int(state["pairs"]), int(state["position"])
+        for s in range(begin, len(data), rc.batch_size):
             batch = [data[i] for i in perm[s : s + rc.batch_size]]
             set_lr(opt, lr_at(step, total, rc))
             loss, r, n = items_loss(forward_items(model, batch, pad_id, device, rc.pack), batch)
@@ -241,6 +258,11 @@ def train(model: RewardModel, rc: TrainRMConfig, splits: dict[str, list[Item]], 
             right, pairs = right + r, pairs + n
             if step % max(1, rc.log_every) == 0:
                 tracking.log_metrics({"train/loss": loss.item(), "train/lr": lr_at(step - 1, total, rc)}, step=step)
+            if checkpoint is not None and rc.ckpt_every and step % rc.ckpt_every == 0 and step < total:
+                checkpoint({"optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(), "epoch_generator": epoch_generator,
+                            "history": history, "step": step, "epoch": epoch, "position": s + rc.batch_size,
+                            "loss_sum": loss_sum, "right": right, "pairs": pairs, "best": best, "best_epoch": best_epoch,
+                            "waited": waited, "best_state": best_state, "seconds": time.perf_counter() - t0})
         rec = {"epoch": epoch, "step": step, "train_loss": loss_sum / len(data), "train_acc": right / pairs}
         last = epoch == rc.epochs
         for split in ("val", "heldout"):
@@ -315,9 +337,21 @@ def run(cfg) -> dict:
     if not splits["train"]:
         raise InputError(f"{path}: no training prompts after the split (heldout_fraction={rc.heldout_fraction}, val_fraction={rc.val_fraction})")
 
+    res = Resume(cfg, "train_rm", sections=["seed", "train_rm"], out_dir=rc.out_dir,
+                 inputs=[rc.init, path, rl_path, Path(rc.instructions_dir) / rc.bias_file])
+    resume_from = res.start()
+    state = None
+    if resume_from is not None:
+        model.load_state_dict(RewardModel.load(resume_from, device=device).state_dict())
+        state = load_checkpoint(resume_from, device=device, load_trainer=True).trainer_state
+
+    def checkpoint(st: dict) -> None:
+        model.save(res.folder, {**res.meta(), "stage": "train_rm", "step": st["step"], "init": rc.init},
+                   tokenizer_path=tok_path, trainer_state=st)
+
     with tracking.stage_run(cfg, "train_rm", sections=["train_rm", "seed"]):
         log_dataset(df, path)
-        history = train(model, rc, splits, tok.pad_id, device)
+        history = train(model, rc, splits, tok.pad_id, device, state, checkpoint)
         train_time = time.perf_counter() - t_start
 
         # the paper's normalisation: demonstrations average 0; the spread of the SFT samples
@@ -361,6 +395,7 @@ def run(cfg) -> dict:
         }
         metrics["wall_s"] = time.perf_counter() - t_start  # the whole stage but writing its outputs
         model.save(rc.out_dir, meta, tokenizer_path=tok_path)
+        res.finish()
         atomic_write_json(rc.metrics_file, metrics)
         flat = tracking.flatten(metrics)
         tracking.log_metrics({f"final/{k}": v for k, v in flat.items()})

@@ -67,7 +67,7 @@ def make_project(dest: Path) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dest / name)
-    (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/.prefect/\n/.instructflow.lock\n__pycache__/\n")
+    (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/.prefect/\n/.instructflow.lock\n__pycache__/\n/.resume/\n")
     run_cmd(["git", "init", "-q"], dest)
     run_cmd(["git", "config", "user.email", "test@example.invalid"], dest)
     run_cmd(["git", "config", "user.name", "test"], dest)

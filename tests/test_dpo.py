@@ -136,17 +136,18 @@ def test_best_vs_rest_pairs_and_ipo():
     assert dpo.ranked_pairs([2, 0, 1], "best_vs_rest") == [(2, 0), (2, 1)]
 
 
-def test_kill_and_resume_gives_the_same_curve(dpo_workspace):
+def test_kill_and_run_again_gives_the_same_curve(dpo_workspace):
     args = [*QUICK, "dpo.epochs=2", "dpo.loss=ipo"]
     dpo.run(compose(args))
     reference = Path("metrics/dpo_curve.csv").read_text()
     total = json.loads(Path("metrics/dpo.json").read_text())["steps"]
     write_params(compose(args), "params.yaml")
     shutil.rmtree("models/dpo")
-    killed_at = run_and_kill("dpo", Path("models/dpo/meta.json"), "step", 4)
+    killed_at = run_and_kill("dpo", Path(".resume/models/dpo/meta.json"), "step", 4)
     assert killed_at is not None and killed_at < total, "the run finished before it could be killed"
-    dpo.run(compose([*args, "dpo.resume=true"]))
+    dpo.run(compose(args))  # resume=auto: continues the unfinished run
     assert Path("metrics/dpo_curve.csv").read_text() == reference  # every logged number, bit for bit
+    assert not Path(".resume").exists()
 
 
 @pytest.mark.parametrize("case,message", [

@@ -27,6 +27,7 @@ SHARED = {
     "tasks.inputs",  # readers of the inputs several stages share
     "tasks.contracts",  # the fields one stage writes and another reads
     "tasks.labels",  # the append-only human labels file
+    "tasks.resume",  # where a long stage keeps its unfinished run, and whether to continue it
     "tasks.prompting",  # tasks written as prompts: rendering and scoring (prompt_eval, evaluate)
     "tasks.zeroshot",  # the bars fine-tuning must clear, on its own test rows (finetune)
 }

@@ -421,3 +421,22 @@ def test_icl_is_seeded_batched_and_leaves_train_mode():
     assert a.long_docs == sum(len(d) >= 32 for d in docs) and a.windows_long == min(10, a.long_docs)
     rows = buckets(a.curve, 8)
     assert [p for p, _ in rows] == list(range(0, 32, 4)) and rows[1][1] == pytest.approx(a.curve[4:8].mean())
+
+
+def test_a_pickle_planted_in_a_checkpoint_is_refused_not_run(tmp_path):
+    """trainer.pt is read with weights_only=True: a pickle that would run code when unpickled (here:
+    create a file) is refused with one line, and the code never runs. The weights are safetensors."""
+    import torch
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, tiny(seed=1), {"step": 1}, trainer_state={"step": 1})
+    torch.save({"step": 1, "payload": Exploit()}, path / "trainer.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*ckpt: trainer.pt is truncated or corrupt \(weights_only loading refuses"):
+        load_checkpoint(path, load_trainer=True)
+    assert not (tmp_path / "pwned").exists()
+    assert load_checkpoint(path).meta["step"] == 1  # the weights alone never unpickle anything
+

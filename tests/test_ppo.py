@@ -296,17 +296,18 @@ def test_ptx_variant_logs_the_pretraining_loss(ppo_workspace):
     assert Path("metrics/ppo/ppo_ptx.json").is_file() and not Path("models/ppo").exists()
 
 
-def test_kill_and_resume_gives_the_same_curve(ppo_workspace):
+def test_kill_and_run_again_gives_the_same_curve(ppo_workspace):
     args = [*QUICK, "ppo.updates=12", "ppo.ckpt_every=2", "ppo.eval_every=4", "ppo.episodes=16", "ppo.variant=ppo_ptx",
             "ppo.ptx_block=32", "ppo.kl_target=1.0", "ppo.reward=oracle", "ppo.value=rm"]  # the most state: two networks
     ppo.run(compose(args))
     reference = curve("ppo_ptx")
     write_params(compose(args), "params.yaml")
     shutil.rmtree("models/ppo_ptx")
-    killed_at = run_and_kill("ppo", Path("models/ppo_ptx/meta.json"), "update", 4)
+    killed_at = run_and_kill("ppo", Path(".resume/models/ppo_ptx/meta.json"), "update", 4)
     assert killed_at is not None and killed_at < 12, "the run finished before it could be killed"
-    ppo.run(compose([*args, "ppo.resume=true"]))
+    ppo.run(compose(args))  # resume=auto: continues the unfinished run
     assert curve("ppo_ptx") == reference  # every logged number, bit for bit
+    assert not Path(".resume").exists()
 
 
 @pytest.mark.parametrize("case,message", [

@@ -50,38 +50,80 @@ def test_block_size_larger_than_context(tokenized):
         pretrain.run(compose([*SMALL, "pretrain.block_size=128"]))
 
 
-def test_kill_and_resume_is_bit_exact(tokenized):
+def test_kill_and_run_again_continues_bit_exact(tokenized, capfd):
+    """Periodic checkpoints go to the unfinished run's folder (.resume/models/pretrain, which `dvc repro`
+    does not delete); the same command again continues from there by itself (resume=auto) and ends
+    with every step's loss of an uninterrupted run; the folder is gone once the run is finished."""
     steps = 100
     args = [*SMALL, f"pretrain.max_steps={steps}", "pretrain.ckpt_every=10", "pretrain.eval_every=50"]
     pretrain.run(compose(args))
     reference = curve()
     assert len(reference) == steps
+    unfinished = Path(".resume/models/pretrain")
+    assert not unfinished.exists()
 
     write_params(compose(args), "params.yaml")
     proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    meta = Path("models/pretrain/meta.json")
+    meta = unfinished / "meta.json"
     deadline = time.time() + 120
     killed_at = None
-    first = json.loads(meta.read_text())["step"] if meta.exists() else None
     while time.time() < deadline and proc.poll() is None:
         try:
             step = json.loads(meta.read_text())["step"]
         except (OSError, ValueError):
             step = None
-        if step is not None and step != first and step >= 30:
+        if step is not None and step >= 30:
             proc.send_signal(signal.SIGKILL)
             killed_at = step
             break
         time.sleep(0.02)
     proc.wait()
     assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
-    resumed_from = load_checkpoint("models/pretrain").meta["step"]
-    assert resumed_from < steps
+    resumed_from = load_checkpoint(unfinished).meta["step"]
+    assert 30 <= resumed_from < steps
 
-    pretrain.run(compose([*args, "pretrain.resume=true"]))
+    capfd.readouterr()
+    pretrain.run(compose(args))
+    said = capfd.readouterr().err
+    assert f"pretrain: resuming the unfinished run in {unfinished} from step {resumed_from}" in said, said
     resumed = curve()
     assert set(resumed) == set(reference)
     assert resumed == reference  # every step's loss, bit for bit
+    assert not unfinished.exists() and not Path(".resume").exists()
+
+
+def test_changed_settings_or_inputs_start_fresh_saying_why(tokenized, capfd):
+    """An unfinished run of other settings or other inputs is not continued: the stage says what
+    changed and starts from step 0 (resume=true continues it anyway; resume=false never does)."""
+    from tasks.resume import Resume
+
+    args = [*SMALL, "pretrain.max_steps=20", "pretrain.ckpt_every=10", "pretrain.eval_every=0"]
+    cfg = compose(args)
+    res = Resume(cfg, "pretrain", sections=["seed", "model", "pretrain"], inputs=["data/tokenized"], out_dir="models/pretrain")
+    pretrain.run(cfg)
+    fresh = curve()
+    # plant an unfinished run (a copy of the finished checkpoint at step 20 of 40)
+    import shutil
+
+    shutil.copytree("models/pretrain", res.folder)
+    assert res.start() == res.folder  # same settings and inputs: continued
+    capfd.readouterr()
+    pretrain.run(compose([*args, "pretrain.lr=0.002"]))
+    said = capfd.readouterr().err
+    assert "pretrain: starting fresh: pretrain.lr changed since the unfinished run in .resume/models/pretrain" in said, said
+    assert curve()[1] == fresh[1] and curve()[20] != fresh[20] and len(curve()) == 20  # from step 0, with the new learning rate
+
+    shutil.copytree("models/pretrain", res.folder)  # an unfinished run of lr 0.002, then other tokens in val.bin
+    Path("data/tokenized/val.bin").write_bytes(Path("data/tokenized/val.bin").read_bytes()[:-2])
+    capfd.readouterr()
+    pretrain.run(compose([*args, "pretrain.lr=0.002"]))
+    assert "starting fresh: input data/tokenized changed" in capfd.readouterr().err
+
+    shutil.copytree("models/pretrain", res.folder)
+    capfd.readouterr()
+    out = pretrain.run(compose([*args, "pretrain.lr=0.002", "pretrain.max_steps=30", "pretrain.resume=true"]))
+    assert "resuming from .resume/models/pretrain (resume=true" in capfd.readouterr().err and out["step"] == 30
+    assert len(curve()) == 30 and not res.folder.exists()
 
 
 @pytest.mark.slow
@@ -121,7 +163,9 @@ def test_truncated_checkpoint_is_a_clear_error(tokenized):
         pretrain.run(compose([*SMALL, "pretrain.max_steps=10", "pretrain.resume=true"]))
     write_params(compose([*SMALL, "pretrain.max_steps=10", "pretrain.resume=true"]), "params.yaml")
     proc = run_cmd([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], cwd=tokenized, check=False)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()  # what it resumes from, then the one-line error
+    assert proc.returncode == 2 and lines[-1].startswith("error: checkpoint models/pretrain: model.safetensors is truncated"), proc.stderr
+    assert [ln for ln in lines if ln.startswith("error")] == lines[-1:] and len(lines) <= 2, proc.stderr
 
 
 def test_short_windows_share_of_every_step(tokenized):
@@ -175,3 +219,34 @@ def test_icl_score_from_val_only_after_training(tokenized):
     assert resumed["step"] == 10 and resumed["icl_score"] == first["icl_score"]
     np.random.default_rng(0).permutation(val).tofile("data/tokenized/val.bin")
     assert pretrain.run(compose([*args, "pretrain.resume=true"]))["icl_score"] != first["icl_score"]
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tokenized):
+    """A write that fails (here a file size limit, RLIMIT_FSIZE, as a full disk fails it) while the
+    final checkpoint is saved: one line names the checkpoint and the file, exit 1, and the previous
+    checkpoint stays byte for byte, loadable, with no temp folder beside it."""
+    import resource
+
+    pretrain.run(compose([*SMALL, "pretrain.max_steps=5"]))
+    before = {f.name: f.read_bytes() for f in Path("models/pretrain").iterdir()}
+    metrics_before = Path("metrics/pretrain.json").read_bytes()
+    write_params(compose([*SMALL, "pretrain.max_steps=10", "pretrain.ckpt_every=0"]), "params.yaml")
+    limit = len(before["model.safetensors"]) // 2  # every other file the stage writes is smaller
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml"], capture_output=True, text=True,
+                          preexec_fn=small_disk)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    import re
+
+    assert re.fullmatch(r"error: checkpoint models/pretrain: writing (trainer.pt|model.safetensors) failed \(.+\); "
+                        r"the previous checkpoint is kept", errors[0]), errors[0]
+    assert {f.name: f.read_bytes() for f in Path("models/pretrain").iterdir()} == before
+    assert load_checkpoint("models/pretrain").meta["step"] == 5
+    assert Path("metrics/pretrain.json").read_bytes() == metrics_before  # written after the checkpoint: not reached
+    assert [p.name for p in Path("models").iterdir()] == ["pretrain"]  # no .pretrain.tmp-* left
+

@@ -45,17 +45,18 @@ def test_sft_learns_and_reports_oracle_scores(instruct_workspace):
     assert len(table) == 5 and {"prompt", "sft", "sft_score", "pretrain_few_shot_score"} <= set(table[0])
 
 
-def test_kill_and_resume_gives_the_same_losses(instruct_workspace):
+def test_kill_and_run_again_gives_the_same_losses(instruct_workspace):
     args = [*QUICK, "sft.epochs=4", "sft.ckpt_every=5", "sft.eval_every=10", "sft.baselines=false", "sft.eval_prompts=2"]
     sft.run(compose(args))
     reference = curve()
     steps = max(reference)
     write_params(compose(args), "params.yaml")
-    Path("models/sft/meta.json").unlink()
-    killed_at = run_and_kill("sft", Path("models/sft/meta.json"), "step", 10)
+    killed_at = run_and_kill("sft", Path(".resume/models/sft/meta.json"), "step", 10)
     assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
-    sft.run(compose([*args, "sft.resume=true"]))
+    assert Path(".resume/models/sft/trainer.pt").is_file()
+    sft.run(compose(args))  # resume=auto: the same settings and inputs, so it continues
     assert curve() == reference  # every logged loss, bit for bit
+    assert not Path(".resume").exists(), sorted(Path(".resume").rglob("*"))
 
 
 def test_tokenizer_without_eos_is_refused(instruct_workspace):

@@ -250,6 +250,30 @@ def test_early_stopping_keeps_the_best_val_epoch(workspace):
     assert m["val"]["pairwise_acc"] == pytest.approx(best)  # the kept weights are the best epoch's
 
 
+def test_kill_and_run_again_ends_as_an_uninterrupted_run(workspace):
+    """Checkpoints every ckpt_every steps go to .resume/models/rm; killed there and started again with
+    the same settings, the run continues mid-epoch (shuffle, running sums, best epoch so far) and
+    ends with the weights and metrics of a run never stopped."""
+    from conftest import run_and_kill
+    from tasks.config import write_params
+
+    args = [*QUICK, "train_rm.epochs=3", "train_rm.val_fraction=0.3", "train_rm.patience=2", "train_rm.ckpt_every=3",
+            "train_rm.lr=3e-3", "train_rm.dropout=0.1"]
+    train_rm.run(compose(args))
+    weights = {p: Path(p).read_bytes() for p in ("models/rm/model.safetensors", "models/rm/heads.safetensors")}
+    timeless = lambda m: {k: v for k, v in m.items() if k not in ("time_s", "wall_s")}  # noqa: E731
+    reference = timeless(json.loads(Path("metrics/train_rm.json").read_text()))
+    assert not Path(".resume").exists()
+    write_params(compose(args), "params.yaml")
+    killed_at = run_and_kill("train_rm", Path(".resume/models/rm/meta.json"), "step", 6)
+    steps = json.loads(Path("models/rm/meta.json").read_text())["history"][-1]["step"]
+    assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
+    train_rm.run(compose(args))
+    assert {p: Path(p).read_bytes() for p in weights} == weights
+    assert timeless(json.loads(Path("metrics/train_rm.json").read_text())) == reference
+    assert not Path(".resume").exists()
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
