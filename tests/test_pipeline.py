@@ -88,6 +88,12 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     logged = {m.name for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
     assert {"pretrain", "sft", "rm", "ppo_ptx", "dpo"} <= logged  # checkpoints as MLflow logged models
     assert any(k.startswith("dvc.pretrain.") for k in parent.data.tags)  # lineage from dvc.lock
+    # what a person finds in the MLflow UI: training runs (not GenAI traces), the claims' numbers on the
+    # parent run beside the children's, every run's logging complete
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.metrics["headline/pretrain.val_loss"] == results["pretrain"]["val_loss"]
+    assert {"headline/sft.oracle_score", "headline/rm.heldout_pairwise_acc", "headline/gpt1.finetuned_minus_scratch"} <= set(parent.data.metrics)
+    assert {r.data.tags.get("instructflow.tracking") for r in [parent, *children]} == {"complete"}
 
     # DVC recorded what Prefect ran: nothing is stale, and a repro runs nothing
     assert "up to date" in dvc(project, "status").stdout
