@@ -43,10 +43,16 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&])")
 
 
 def md_escape(text: str) -> str:
-    """`text` shown literally in markdown; line breaks kept as hard breaks."""
-    lines = [_MD_SPECIAL.sub(r"\\\1", ln) for ln in text.replace("\r\n", "\n").split("\n")]
-    # a backslash at the end of a line is a hard line break; keep empty lines visible
-    return "\\\n".join(ln if ln.strip() else "&nbsp;" for ln in lines)
+    """`text` shown literally in markdown; line breaks kept as hard breaks, an empty line as one
+    more (a line holding only the backslash: the UI's renderer shows HTML entities such as
+    `&nbsp;` as typed). Empty lines at either end are dropped: a trailing backslash would show."""
+    lines = [_MD_SPECIAL.sub(r"\\\1", ln.rstrip()) for ln in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    # a backslash at the end of a line is a hard line break
+    return "\\\n".join(lines)
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,7 +14,12 @@ answered prompt::
      "key": "rl_prompts-00012:3f9a0c1b2d4e",   # label_key(id, responses)
      "prompt": "...", "responses": ["...", ...],
      "ranking": [2, 0, 3, 1],                  # 0-based indices into responses, best first
-     "labeler": "human", "time": "2025-01-01T12:00:00+00:00"}   # ISO-8601 UTC
+     "labeler": "human", "time": "2025-01-01T12:00:00+00:00",   # ISO-8601 UTC
+     "flags": [[], ["unsafe"], [], ["not_an_answer"]],   # optional: per response, in response order
+     "note": "..."}                                       # optional: the person's note
+
+The ranking page (`flows/ranking_page.py`) writes ``flags`` and ``note`` when a person sets them;
+rows without them (the Prefect form's, older rows) stay valid.
 
 Rules:
 
@@ -46,6 +51,8 @@ from tasks.common import InputError
 
 MIN_K, MAX_K = 2, 9
 LABEL_FIELDS = {"id": str, "key": str, "prompt": str, "responses": list, "ranking": list, "labeler": str, "time": str}
+FLAGS = ("not_an_answer", "unsafe")  # what a person may mark a response as
+NOTE_MAX = 2000  # characters
 
 
 def label_key(prompt_id: str, responses: list[str]) -> str:
@@ -135,7 +142,32 @@ def check_label(row: Any, where: str) -> dict:
         raise InputError(f"{where}: ranking {_show(ranking)} is not a permutation of 0..{k - 1} ({problem})")
     if row["key"] != label_key(row["id"], responses):
         raise InputError(f"{where}: key {row['key']!r} does not match id and responses")
+    if "flags" in row:
+        check_flags(row["flags"], k, where)
+    if "note" in row:
+        check_note(row["note"], where)
     return row
+
+
+def check_flags(flags: Any, k: int, where: str) -> list[list[str]]:
+    """Per-response flags: K lists (response order) of names from FLAGS, each name once."""
+    if not isinstance(flags, list) or len(flags) != k or not all(isinstance(f, list) for f in flags):
+        raise InputError(f"{where}: flags {_show(flags)} must be {k} lists, one per response")
+    for i, names in enumerate(flags, start=1):
+        for name in names:
+            if name not in FLAGS:
+                raise InputError(f"{where}: flag {_show(name)} of response {i} is not one of {', '.join(FLAGS)}")
+        if len(set(names)) != len(names):
+            raise InputError(f"{where}: flags of response {i} repeat a name")
+    return flags
+
+
+def check_note(note: Any, where: str) -> str:
+    if not isinstance(note, str):
+        raise InputError(f"{where}: note must be a string")
+    if len(note) > NOTE_MAX:
+        raise InputError(f"{where}: note has {len(note)} characters, at most {NOTE_MAX}")
+    return note
 
 
 def read_labels(path: str | os.PathLike) -> dict[str, dict]:
@@ -208,9 +240,11 @@ def append_label(path: str | os.PathLike, row: dict) -> dict:
     return row
 
 
-def make_label(candidate: dict, ranking: list[int], labeler: str = "human") -> dict:
-    """The labels-file row for `candidate` ranked `ranking` (0-based indices, best first)."""
-    return {
+def make_label(candidate: dict, ranking: list[int], labeler: str = "human",
+               flags: list[list[str]] | None = None, note: str = "") -> dict:
+    """The labels-file row for `candidate` ranked `ranking` (0-based indices, best first);
+    `flags` (per response) and `note` are written only when set."""
+    row = {
         "id": candidate["id"],
         "key": label_key(candidate["id"], candidate["responses"]),
         "prompt": candidate["prompt"],
@@ -219,6 +253,11 @@ def make_label(candidate: dict, ranking: list[int], labeler: str = "human") -> d
         "labeler": labeler,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if flags and any(flags):
+        row["flags"] = [list(f) for f in flags]
+    if note.strip():
+        row["note"] = note.strip()
+    return row
 
 
 def missing(candidates: Iterable[dict], labels: dict[str, dict]) -> list[dict]:

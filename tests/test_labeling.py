@@ -166,6 +166,38 @@ def test_append_refuses_an_invalid_row(tmp_path):
     assert not path.exists()
 
 
+def test_flags_and_note_round_trip_and_rows_without_them_stay_valid(tmp_path):
+    path = tmp_path / "human.jsonl"
+    plain = append_label(path, make_label(candidate(0), [0, 1, 2, 3]))  # the Prefect form's row, as before
+    assert "flags" not in plain and "note" not in plain
+    quiet = append_label(path, make_label(candidate(1), [1, 0, 2, 3], flags=[[], [], [], []], note="  "))
+    assert "flags" not in quiet and "note" not in quiet  # written only when set
+    row = append_label(path, make_label(candidate(2), [3, 2, 1, 0], flags=[["unsafe"], [], ["not_an_answer", "unsafe"], []], note=" off topic "))
+    labels = read_labels(path)
+    assert labels[row["key"]]["flags"] == [["unsafe"], [], ["not_an_answer", "unsafe"], []] and labels[row["key"]]["note"] == "off topic"
+    assert len(labels) == 3
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"flags": [["unsafe"]]}, r"row 1: flags \[\['unsafe'\]\] must be 4 lists, one per response"),
+        ({"flags": [[], ["rude"], [], []]}, r"row 1: flag 'rude' of response 2 is not one of not_an_answer, unsafe"),
+        ({"flags": [[], [], ["unsafe", "unsafe"], []]}, r"row 1: flags of response 3 repeat a name"),
+        ({"flags": "unsafe"}, r"row 1: flags 'unsafe' must be 4 lists"),
+        ({"note": 3}, r"row 1: note must be a string"),
+        ({"note": "x" * 2001}, r"row 1: note has 2001 characters, at most 2000"),
+    ],
+)
+def test_bad_flags_or_note_are_refused(tmp_path, change, message):
+    path = write_lines(tmp_path / "human.jsonl", [json.dumps({**make_label(candidate(0), [0, 1, 2, 3]), **change})])
+    with pytest.raises(InputError, match=message):
+        read_labels(path)
+    with pytest.raises(InputError, match=message.replace("row 1", "new row for 'p-00000'")):
+        append_label(tmp_path / "new.jsonl", {**make_label(candidate(0), [0, 1, 2, 3]), **change})
+    assert not (tmp_path / "new.jsonl").exists()
+
+
 def test_read_candidates_checks_rows(tmp_path):
     path = write_lines(tmp_path / "c.jsonl", [json.dumps(candidate(0)), json.dumps(dict(candidate(1), responses=["one"]))])
     with pytest.raises(InputError, match=r"c\.jsonl: row 2: 1 responses, need 2 to 9"):
@@ -188,6 +220,26 @@ def test_form_schema_is_what_the_server_checks():
     md = form._description
     assert "p-00003" in md and "**Response 5**" in md
     assert r"\~5" in md and r"\$5" in md and r"\*each\*" in md and r"\`code\`" in md and r"\# hash" in md
+
+
+def test_md_escape_keeps_blank_lines_without_html_entities():
+    """The Prefect UI shows `&nbsp;` as typed: an empty line is a line holding the hard-break
+    backslash alone; empty lines at either end go (a trailing backslash would show)."""
+    from flows.labeling import md_escape
+
+    assert md_escape("first\n\nsecond") == "first\\\n\\\nsecond"
+    assert md_escape("\n\nA & B \r\n\r\n\n") == "A \\& B"
+    assert md_escape("one\n   \ntwo") == "one\\\n\\\ntwo"
+    assert "&nbsp;" not in md_escape("a\n\n\nb\n")
+
+
+def test_a_refused_answers_reason_is_the_first_line_of_the_form():
+    from flows.labeling import describe
+
+    reason = "answer for p-00000: ranking [2, 2, 1, 1] is not a permutation of 1..4 (2 appears twice)"
+    first = describe(candidate(0), 1, 3, note=reason).splitlines()[0]
+    assert first == "**Your last answer was refused:** answer for p\\-00000: ranking \\[2, 2, 1, 1\\] is not a permutation of 1\\.\\.4 \\(2 appears twice\\)"
+    assert describe(candidate(0), 1, 3).startswith("**Prompt 1 of 3**")
 
 
 def test_ask_rankings_pauses_again_after_a_refused_answer(tmp_path, monkeypatch):
