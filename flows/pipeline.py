@@ -220,23 +220,38 @@ def run_stage(stage: str, parent_run_id: str | None) -> dict:
 
 
 def ask_people(cfg) -> int:
-    """Ask a person, in the Prefect UI, to rank every candidate that has no answer yet.
+    """Ask a person to rank every candidate that has no answer yet: in the Prefect UI (labeler
+    `human`) or on the ranking page (`web`, flows/ranking_page.py, served until every candidate is
+    answered; its URL is logged and linked as an artifact).
 
     Runs in the flow's own body, not a task and not the `dvc repro` subprocess: only a flow pauses;
     each answer is appended to the labels file at once, which is then versioned with `dvc add`.
     """
-    from flows.labeling import ask_rankings, server_url
     from tasks.labels import missing, read_candidates, read_labels
 
     rc = cfg.collect_rankings
     candidates = read_candidates(rc.candidates_file)
     todo = missing(candidates, read_labels(rc.labels_file))
-    if todo and server_url() is None:
-        raise ConfigError(
-            f"collect_rankings.labeler=human: {len(todo)} prompts to rank need a Prefect server a person can reach "
-            "(`make serve`, then run the deployment or set PREFECT_API_URL)"
-        )
-    written = ask_rankings(candidates, rc.labels_file, timeout_s=rc.human_timeout_s, logger=get_run_logger())
+    if rc.labeler == "web":
+        from prefect.artifacts import create_link_artifact
+
+        from flows.ranking_page import serve
+
+        def link(url: str) -> None:
+            create_link_artifact(url, link_text=f"rank {len(todo)} prompts", key="ranking-page",
+                                 description="The ranking page: answers go to " + rc.labels_file)
+
+        written = serve(rc.candidates_file, rc.labels_file, host=rc.web_host, port=rc.web_port,
+                        timeout_s=rc.human_timeout_s, logger=get_run_logger(), on_url=link)
+    else:
+        from flows.labeling import ask_rankings, server_url
+
+        if todo and server_url() is None:
+            raise ConfigError(
+                f"collect_rankings.labeler=human: {len(todo)} prompts to rank need a Prefect server a person can reach "
+                "(`make serve`, then run the deployment or set PREFECT_API_URL), or use collect_rankings.labeler=web"
+            )
+        written = ask_rankings(candidates, rc.labels_file, timeout_s=rc.human_timeout_s, logger=get_run_logger())
     if Path(rc.labels_file).is_file():
         subprocess.run([sys.executable, "-m", "dvc", "add", "-q", rc.labels_file], env=stage_env(None), check=True)
     return written
@@ -367,7 +382,7 @@ def _run_pipeline(overrides: list[str]) -> dict:
         said = None
         while True:
             for stage in plan.start():
-                if stage == "collect_rankings" and cfg.collect_rankings.labeler == "human":
+                if stage == "collect_rankings" and cfg.collect_rankings.labeler in ("human", "web"):
                     ask_people(cfg)  # a person ranks in the flow's own body (only a flow pauses)
                 # wait_for: the upstream runs, done by now, so the UI draws the DAG's edges
                 futures[stage] = run_stage.submit(stage, parent_id, wait_for=[futures[u] for u in graph[stage]])

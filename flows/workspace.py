@@ -83,6 +83,7 @@ def workspace_lock(root: str | os.PathLike = ".", what: str | None = None) -> It
     f.flush()
     _held[key] = [f, 1]
     try:
+        repair_dvc_files(path.parent)
         yield path
     finally:
         _held[key][1] -= 1
@@ -92,6 +93,65 @@ def workspace_lock(root: str | os.PathLike = ".", what: str | None = None) -> It
                 f.seek(0)
                 f.truncate()  # no stale name left behind (the lock itself goes with the descriptor)
             f.close()
+
+
+def _say(text: str) -> None:
+    print(f"workspace: {text}", file=sys.stderr, flush=True)
+
+
+def _readable_lock(path: Path) -> str | None:
+    """None when `path` is a lock file `dvc` reads, else why not."""
+    from dvc.exceptions import DvcException
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils import strictyaml
+
+    try:  # what `dvc` itself checks when it reads the file
+        strictyaml.load(str(path), schema=COMPILED_LOCKFILE_SCHEMA)
+    except (DvcException, UnicodeDecodeError) as e:
+        return type(e).__name__
+    return None
+
+
+def repair_dvc_files(root: Path) -> list[str]:
+    """Undo what a run killed while DVC wrote its own files leaves behind; -> what was done.
+
+    DVC rewrites `dvc.lock` and `.dvc/tmp/rwlock` in place, so a SIGKILL in the middle leaves
+    them cut short and every later `dvc` command fails on them. With the workspace lock held no
+    other run of ours is writing them. A readable `dvc.lock` is copied to `.dvc/tmp/dvc.lock.good`
+    at the start of every run; one that no longer reads is set aside (`dvc.lock.broken-<time>`) and
+    that copy put back: the stages finished since then run again, or come back from DVC's run
+    cache. An unreadable `rwlock` (it only lists the DVC processes running now, and none is) is
+    removed; entries of dead processes in a readable one DVC clears itself."""
+    import json
+    import shutil
+
+    done = []
+    lock, good = root / "dvc.lock", root / ".dvc" / "tmp" / "dvc.lock.good"
+    if lock.is_file():
+        why = _readable_lock(lock)
+        if why is None:
+            good.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(lock, good.with_suffix(".tmp"))
+            os.replace(good.with_suffix(".tmp"), good)
+        else:
+            aside = lock.with_name(f"dvc.lock.broken-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            os.replace(lock, aside)
+            back = good.is_file() and _readable_lock(good) is None
+            if back:
+                shutil.copyfile(good, lock)
+            done.append(f"{lock.name} was cut short by a killed run ({why}); set aside as {aside.name}"
+                        + (", the copy from the start of the last run put back" if back else "")
+                        + "; stages without a record run again or come back from DVC's run cache")
+    rwlock = root / ".dvc" / "tmp" / "rwlock"
+    if rwlock.is_file():
+        try:
+            json.loads(rwlock.read_text(encoding="utf-8") or "{}")
+        except (ValueError, UnicodeDecodeError):
+            rwlock.unlink()
+            done.append(f"{rwlock.relative_to(root)} was cut short by a killed run; removed (no DVC process of this workspace is running)")
+    for line in done:
+        _say(line)
+    return done
 
 
 def hold_for_test(root: str) -> None:  # pragma: no cover - run as a process by the tests
