@@ -7,9 +7,9 @@
 The candidates come from the `candidates` stage (`tasks/candidates.py`); a person can rank between
 the two stages. Rankings by `labeler`:
 - `oracle`: the world's noisy oracle (`tasks.world.oracle.rank` at `oracle_noise`), seeded;
-- `human`: a person's answers from the append-only `labels_file` (written by the Prefect flow's
-  ranking form, `flows/labeling.py`); every candidate must be answered (one line says how many
-  are missing and how to answer them);
+- `human`, `web`: a person's answers from the append-only `labels_file` (written by the Prefect
+  flow's ranking form, `flows/labeling.py`, or the ranking page, `flows/ranking_page.py`: the two
+  mix); every candidate must be answered (one line says how many are missing and how to answer them);
 - `file`: rankings imported from `import_file` (.csv, .jsonl or .parquet with columns `id` and
   `ranking`: response numbers 1..K best first, e.g. "3,1,4,2"), for any labelling tool.
 Bad input (not a permutation of 1..K, a wrong K, an unknown or duplicate id, a missing column)
@@ -90,7 +90,8 @@ def human_rankings(rc: CollectRankingsConfig, cands: list[dict]) -> tuple[dict[s
     if missing:
         raise InputError(
             f"{rc.labels_file}: {missing} of {len(cands)} candidates have no human ranking; answer them with "
-            f"`python -m flows.pipeline collect_rankings.labeler=human` or `python -m flows.labeling`"
+            f"`python -m flows.ranking_page` (a web page), `python -m flows.labeling` (the Prefect form) or "
+            f"`python -m flows.pipeline collect_rankings.labeler=web`"
         )
     return out, times, len(labels) - len(out)
 

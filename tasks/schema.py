@@ -363,11 +363,13 @@ class CollectRankingsConfig:
     candidates_file: str
     candidates_csv: str
     candidates_metrics: str
-    labeler: Literal["oracle", "human", "file"]
+    labeler: Literal["oracle", "human", "web", "file"]
     oracle_noise: NonNegative
     labels_file: str
     import_file: str
     human_timeout_s: int
+    web_host: str
+    web_port: Annotated[int, Range(ge=0, le=65535)]
     out_file: str
     metrics_file: str
     seed: int
