@@ -16,7 +16,7 @@ PORT ?= 4200
 # the CPU build of torch to install when there is no GPU (a wheel on local disk or a CPU index)
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: pipeline test setup serve mlflow-ui bench clean report scaling rlhf-seeds
+.PHONY: pipeline test setup serve mlflow-ui bench clean report scaling rlhf-seeds rank ranking-screenshot
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,17 @@ serve: setup
 	PREFECT_UI_API_URL=http://127.0.0.1:$(PORT)/api $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PORT) & \
 	server=$$!; trap "kill $$server" EXIT; \
 	PREFECT_API_URL=http://127.0.0.1:$(PORT)/api $(PY) -m flows.serve
+
+# The ranking page for people (after the candidates stage; docs/ranking.md): http://127.0.0.1:$(RANK_PORT),
+# answers appended to labels/human.jsonl; it stops once every candidate is ranked, then DVC versions the file.
+RANK_PORT ?= 8765
+rank: setup
+	$(PY) -m flows.ranking_page --port $(RANK_PORT)
+	$(VENV)/bin/dvc add -q labels/human.jsonl
+
+# docs/ranking.png: the page in headless Chromium, as its end-to-end test drives it (needs chromium + playwright)
+ranking-screenshot: setup
+	INSTRUCTFLOW_SCREENSHOT=docs/ranking.png $(PY) -m pytest -q -p no:cacheprovider tests/test_ranking_page.py -k chromium
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
