@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults before Prefect is imported)
@@ -36,7 +37,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.workspace import workspace_lock
 from tasks import tracking
-from tasks.common import InputError
+from tasks.common import InputError, atomic_write_json
 from tasks.config import ConfigError, compose, write_params
 
 def stage_graph(root: str | os.PathLike = ".") -> dict[str, list[str]]:
@@ -186,11 +187,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def run_logged(cmd: list[str], env: dict, label: str, what: str | None = None) -> list[str]:
+def run_logged(cmd: list[str], env: dict, label: str, what: str | None = None, usage: dict | None = None) -> list[str]:
     """Runs `cmd`, streaming each output line (progress lines included) into the Prefect log as
     `label | line` while it runs; its lines, or StageFailed with its own one-line error (else
-    DVC's, else its last line) when it fails."""
+    DVC's, else its last line) when it fails. `usage` gets its start and end (epoch seconds) and
+    the CPU seconds of its process tree."""
     logger = get_run_logger()
+    t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines = []
     for line in proc.stdout:
@@ -200,7 +203,10 @@ def run_logged(cmd: list[str], env: dict, label: str, what: str | None = None) -
             logger.warning("%s | %s", label, line)
         elif line.strip():
             logger.info("%s | %s", label, line)
-    proc.wait()
+    _, status, rusage = os.wait4(proc.pid, 0)  # the process tree's CPU time (its children, waited for, included)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if usage is not None:
+        usage.update(start=t0, end=time.time(), cpu_s=rusage.ru_utime + rusage.ru_stime)
     if proc.returncode != 0:
         ours = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
         theirs = [ln[len("ERROR: ") :] for ln in lines if ln.startswith("ERROR: ")]
@@ -212,11 +218,33 @@ def run_logged(cmd: list[str], env: dict, label: str, what: str | None = None) -
 @task(name="stage", task_run_name="{stage}")
 def run_stage(stage: str, parent_run_id: str | None) -> dict:
     """`dvc repro --single-item <stage>`: runs the stage if its deps, params or code changed."""
+    usage: dict = {}
     lines = run_logged([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
-                       stage_env(parent_run_id), stage, f"stage {stage}")
+                       stage_env(parent_run_id), stage, f"stage {stage}", usage)
     skipped = any("didn't change, skipping" in ln for ln in lines)
     untracked = any(ln.startswith("warning: MLflow tracking") for ln in lines)
-    return {"stage": stage, "ran": not skipped, "tracking_incomplete": untracked}
+    return {"stage": stage, "ran": not skipped, "tracking_incomplete": untracked, **usage}
+
+
+def profile(graph: dict[str, list[str]], runs: dict[str, dict], t0: float, t1: float, cores: int) -> dict:
+    """Where one run's time went: each stage's wall and CPU seconds (its process tree), its share of
+    all CPU time, and the two-sided bound the DAG allows on `cores`: no schedule beats the longest
+    chain of stages (by wall time) nor the total CPU time spread over every core."""
+    finish: dict[str, float] = {}  # the longest chain ending with each stage
+    via: dict[str, str | None] = {}
+    for s in graphlib.TopologicalSorter(graph).static_order():
+        up = max(graph[s], key=lambda u: finish[u], default=None)
+        finish[s] = runs[s]["end"] - runs[s]["start"] + (finish[up] if up else 0.0)
+        via[s] = up
+    last = max(finish, key=finish.get)
+    chain = [last]
+    while via[chain[-1]]:
+        chain.append(via[chain[-1]])
+    cpu = sum(r["cpu_s"] for r in runs.values())
+    stages = {s: {"start_s": runs[s]["start"] - t0, "wall_s": runs[s]["end"] - runs[s]["start"], "cpu_s": runs[s]["cpu_s"],
+                  "cpu_share": runs[s]["cpu_s"] / cpu if cpu else 0.0, "ran": bool(runs[s]["ran"])} for s in graph}
+    return {"wall_s": t1 - t0, "cpu_s": cpu, "cores": cores, "critical_path": chain[::-1], "critical_path_s": finish[last],
+            "lower_bound_s": max(finish[last], cpu / cores), "stages": stages}
 
 
 def ask_people(cfg) -> int:
@@ -368,6 +396,7 @@ def instructflow(overrides: list[str] | None = None) -> dict:
 
 
 def _run_pipeline(overrides: list[str]) -> dict:
+    t_start = time.time()
     cfg = configure(overrides)
     parent_id = tracking.start_parent_run(cfg, "pipeline", overrides)
     status = "FAILED"
@@ -413,6 +442,10 @@ def _run_pipeline(overrides: list[str]) -> dict:
                     untracked.append(stage)
             results[stage]["ran"] = float(r["ran"])
         status = "FINISHED"
+        runs = {s: futures[s].result() for s in plan.order}
+        if all(r["ran"] for r in runs.values()):  # a profile of the whole DAG, not of what DVC skipped
+            atomic_write_json(cfg.pipeline.profile_file, {**profile(graph, runs, t_start, time.time(), os.cpu_count() or 1),
+                                                           "overrides": overrides})
     finally:
         if parent_id:
             if untracked:

@@ -164,7 +164,27 @@ def sections(m: Path) -> dict[str, str]:
     secs["overopt"] = ("![over-optimisation](metrics/overoptimization.png)\n\n" + include(m / "overoptimization.md") + "\n"
                        if (m / "overoptimization.md").is_file() else "_not run_\n")
     secs["seeds"] = seeds_section(m)
+    secs["profile"] = profile_section(m / "pipeline_profile.json")
     return secs
+
+
+def profile_section(path: Path) -> str:
+    """Where the time of the last run that ran every stage went (written by flows/pipeline.py)."""
+    p = read(path)
+    if not p:
+        return f"_not measured: {path} is missing (`make pipeline` writes it when it runs every stage)_\n"
+    mins = lambda s: f"{s / 60:.1f}"  # noqa: E731
+    rows = [[name, mins(s["start_s"]), mins(s["wall_s"]), mins(s["cpu_s"]), f"{100 * s['cpu_share']:.1f}%"]
+            for name, s in sorted(p["stages"].items(), key=lambda kv: kv[1]["start_s"])]
+    chain = " → ".join(p["critical_path"])
+    return "\n".join([
+        table(rows, ["stage", "started at (min)", "wall (min)", "core-minutes", "share of core time"]), "",
+        f"The flow: **{mins(p['wall_s'])} min** from its first stage to its last on {p['cores']} cores, {mins(p['cpu_s'])} core-minutes "
+        f"in all. The DAG allows no less than **{mins(p['lower_bound_s'])} min** on {p['cores']} cores: the longest chain of stages "
+        f"({chain}) takes {mins(p['critical_path_s'])} min, and {mins(p['cpu_s'])} core-minutes over {p['cores']} cores take "
+        f"{mins(p['cpu_s'] / p['cores'])} min. Core time is each stage's process tree (`dvc repro` and the stage), user + system CPU; "
+        "wall time includes waiting for DVC's lock. Overrides: " + (", ".join(f"`{o}`" for o in p.get("overrides") or []) or "none") + ".",
+        ""])
 
 
 def met(ok: bool | None) -> str:
@@ -523,7 +543,8 @@ TITLES = {"headline": "Headline: the papers' claims, judged",
           "verdicts_sft_rm": "Goals of InstructGPT steps 1-2", "verdicts_rlhf": "Goals of InstructGPT step 3 (judged by the oracle)",
           "seeds": "InstructGPT step 3 over seeds (make rlhf-seeds)",
           "demo_flaws": "Demonstrations with flaws: what each share gives (rl_eval, oracle)",
-          "overopt": "Over-optimisation (Gao et al. 2022): best-of-n and RL against √KL"}
+          "overopt": "Over-optimisation (Gao et al. 2022): best-of-n and RL against √KL",
+          "profile": "Where the time goes: the last run of every stage (make pipeline)"}
 
 
 def slug(heading: str) -> str:

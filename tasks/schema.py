@@ -595,6 +595,7 @@ class PipelineConfig:
     """How the flow runs the DAG (`flows/pipeline.py`); nothing here changes a stage's numbers."""
 
     concurrency: Natural
+    profile_file: str
     gpu_stages: list[str]
 
 

@@ -60,3 +60,19 @@ def test_gpu_stages_one_at_a_time_and_a_failure_stops_only_its_branch():
 
 def test_concurrency_zero_means_the_cpu_count():
     assert Scheduler({"a": []}, 0).slots == (os.cpu_count() or 1)
+
+
+def test_profile_bounds_a_run_by_its_longest_chain_and_its_core_time():
+    """flows.pipeline.profile on a hand run: a → (b, c) → d, one second apart, 2 cores."""
+    from flows.pipeline import profile
+
+    graph = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    runs = {"a": {"start": 100.0, "end": 110.0, "cpu_s": 20.0, "ran": True},
+            "b": {"start": 110.0, "end": 140.0, "cpu_s": 30.0, "ran": True},
+            "c": {"start": 110.0, "end": 115.0, "cpu_s": 5.0, "ran": True},
+            "d": {"start": 140.0, "end": 150.0, "cpu_s": 10.0, "ran": True}}
+    p = profile(graph, runs, 99.0, 151.0, 2)
+    assert p["critical_path"] == ["a", "b", "d"] and p["critical_path_s"] == 50.0
+    assert p["cpu_s"] == 65.0 and p["lower_bound_s"] == 50.0 and p["wall_s"] == 52.0
+    assert p["stages"]["b"]["start_s"] == 11.0 and p["stages"]["b"]["cpu_share"] == 30 / 65
+    assert profile(graph, runs, 99.0, 151.0, 1)["lower_bound_s"] == 65.0  # one core: the core time binds

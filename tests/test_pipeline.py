@@ -57,6 +57,13 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     late = ["finetune@sentiment", "finetune@entailment", "finetune@paraphrase", "finetune@story_cloze", "prompt_eval"]
     assert any(spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1] for a in late for b in late if a != b)
     assert results["pretrain"]["val_loss"] < results["pretrain"]["train_loss"] + 1.0
+    # the profile of a run of every stage: each stage's wall and CPU time as Prefect saw them run
+    prof = json.loads((project / "metrics/pipeline_profile.json").read_text())
+    assert set(prof["stages"]) == set(graph) and all(s["ran"] and s["cpu_s"] > 0 for s in prof["stages"].values())
+    for name, (a, b) in spans.items():
+        assert abs(prof["stages"][name]["wall_s"] - (b - a).total_seconds()) < 3.0, name
+    assert prof["critical_path"][0] == "data" and prof["critical_path"][-1] in graph
+    assert prof["lower_bound_s"] <= prof["wall_s"] and 0.999 < sum(s["cpu_share"] for s in prof["stages"].values()) < 1.001
 
     client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
     exp = client.get_experiment_by_name("instructflow")
