@@ -79,5 +79,5 @@ bench: setup
 
 # outputs and local state; params.yaml is committed (experiment=default), so it is restored, not removed
 clean:
-	rm -rf data models metrics mlruns mlflow.db dvc.lock .prefect
+	rm -rf data models metrics mlruns mlflow.db dvc.lock .prefect .resume
 	git checkout -- params.yaml 2>/dev/null || true

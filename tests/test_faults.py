@@ -297,3 +297,26 @@ def test_served_deployment_bad_input_fails_with_one_line_state(project, tmp_path
         if served is not None:
             stop(served)
         stop(server)
+
+
+def test_every_server_the_project_starts_binds_loopback_unless_told():
+    """The servers a user starts through the project: the Prefect UI (`make serve`), the MLflow UI
+    (`make mlflow-ui`) and the ranking page (`make rank`, and the flow when labeler=web) listen on
+    127.0.0.1 by default; another address only when a setting or flag names it."""
+    import re
+
+    from tasks.config import compose
+
+    recipes = [ln for ln in (ROOT / "Makefile").read_text().splitlines() if ln.startswith("\t")]
+    servers = [ln for ln in recipes if re.search(r"server start|mlflow (ui|server)|flows\.ranking_page", ln)]
+    assert len(servers) >= 3, servers
+    for ln in servers:
+        if "flows.ranking_page" in ln:
+            assert "--host" not in ln, ln  # the page's own default, checked below
+        else:
+            assert "--host 127.0.0.1" in ln, ln
+    assert compose([]).collect_rankings.web_host == "127.0.0.1"
+    from flows import ranking_page
+
+    src = Path(ranking_page.__file__).read_text()
+    assert re.search(r'add_argument\("--host", default="127\.0\.0\.1"', src)
