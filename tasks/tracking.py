@@ -47,7 +47,20 @@ class TrackingUnavailable(InputError):
     """The tracking store cannot be reached before a run starts; one line naming the URI."""
 
 
-_broken: dict[str, str] = {}  # once tracking failed in this process: {"uri", "error"}; later calls are skipped
+_broken: dict[str, str] = {}  # once tracking failed in this run: {"uri", "error"}; later calls are skipped
+_env_before: dict[str, str | None] = {}  # what degrade() changed in os.environ, to put back at the next run's start
+
+
+def fresh_start() -> None:
+    """A new run (a flow's parent run, a stage's run) starts with tracking presumed working: one that
+    failed earlier in this process (a test, a notebook calling several stages) is forgotten."""
+    _broken.clear()
+    for k, v in _env_before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _env_before.clear()
 
 
 def one_line(e: BaseException, limit: int = 240) -> str:
@@ -92,6 +105,7 @@ def degrade(what: str, e: BaseException) -> None:
     print(f"warning: MLflow tracking at {_broken['uri']} failed ({what}: {_broken['error']}); the stage goes on untracked and "
           f"writes its outputs as usual; its MLflow run {run.info.run_id if run else ''} stays tagged {STATE_TAG}=incomplete",
           file=sys.stderr, flush=True)
+    _env_before.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the calls below fail at once
     while mlflow.active_run() is not None:
         with contextlib.suppress(Exception):
@@ -192,6 +206,7 @@ def relative_artifact_root(tcfg: TrackingConfig, exp_id: str) -> None:
 def start_parent_run(cfg: Any, name: str, overrides: list[str]) -> str | None:
     """A parent run `name` for a flow (None when tracking is off): tagged with the overrides and the
     commit, every setting logged as a param so runs compare in the MLflow UI by any of them."""
+    fresh_start()
     if not cfg.tracking.enabled:
         return None
     import json
@@ -282,6 +297,7 @@ def stage_run(cfg: Any, stage: str, sections: list[str], run_name: str | None = 
     (TrackingUnavailable: one line naming the URI, before any work); once the run is open, a
     tracking failure degrades to one warning line (see `degrade`) and the stage goes on.
     """
+    fresh_start()
     from omegaconf import OmegaConf
 
     tcfg: TrackingConfig = cfg.tracking
