@@ -9,8 +9,9 @@ output folder and the unfinished one is then deleted.
 A stage's `resume` setting:
 
 * ``auto`` (default): continue the unfinished run when it was started with the same settings
-  (the stage's section, the seed and, for pre-training, the model) and the same inputs (a
-  sha256 of every input file); otherwise start fresh, saying which setting or input changed.
+  (the stage's section, the seed and, for pre-training, the model), the same inputs (a sha256
+  of every input file) and the same code (of tasks/ and model/); otherwise start fresh, saying
+  which setting, input or the code changed.
   A laptop closed in the middle of pre-training, then ``make pipeline`` again, continues
   from the last checkpoint and ends with the result of an uninterrupted run.
 * ``true``: continue the unfinished run even if settings changed (e.g. more steps), else the
@@ -33,6 +34,7 @@ from typing import Any
 from model.files import sweep
 
 UNFINISHED = "trainer.pt"  # a checkpoint folder with this file can be continued
+CODE_DIRS = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "model"]  # tasks/ and model/
 KEY = "resume_key"  # where the settings and input digests are kept in the checkpoint's meta.json
 IGNORED = ("resume", "progress", "threads", "ckpt_every", "log_every")
 
@@ -61,6 +63,16 @@ def digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def code_digest() -> str:
+    """sha256 of the project's training code (the .py files of tasks/ and model/): a run is never
+    continued by other code than the one that started it."""
+    h = hashlib.sha256()
+    for root in CODE_DIRS:
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root.parent)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def unfinished_folder(resume_dir: str | Path, out_dir: str | Path) -> Path:
     """``{resume_dir}/{out_dir}``: one folder per output folder, so variants never share one."""
     out = Path(out_dir)
@@ -72,6 +84,8 @@ def _differences(saved: dict, now: dict) -> list[str]:
                if saved.get("config", {}).get(k) != now["config"].get(k)]
     changed += [f"input {p}" for p in sorted(set(saved.get("inputs", {})) | set(now["inputs"]))
                 if saved.get("inputs", {}).get(p) != now["inputs"].get(p)]
+    if saved.get("code") != now["code"]:
+        changed.append("the code (tasks/, model/)")
     return changed
 
 
@@ -95,7 +109,7 @@ class Resume:
         self.folder = unfinished_folder(self.root, out_dir)
         config = {k: v for s in sections for k, v in _flat(conf[s], f"{s}.").items() if k.rsplit(".", 1)[-1] not in IGNORED}
         self.key = {"config": {k: json.dumps(v, sort_keys=True) for k, v in config.items()},
-                    "inputs": {str(p): digest(p) for p in inputs if str(p) not in ("", "scratch")}}
+                    "inputs": {str(p): digest(p) for p in inputs if str(p) not in ("", "scratch")}, "code": code_digest()}
 
     def meta(self) -> dict:
         return {KEY: self.key}

@@ -250,3 +250,26 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tokenized):
     assert Path("metrics/pretrain.json").read_bytes() == metrics_before  # written after the checkpoint: not reached
     assert [p.name for p in Path("models").iterdir()] == ["pretrain"]  # no .pretrain.tmp-* left
 
+
+def test_other_code_starts_fresh(tmp_path, monkeypatch, capfd):
+    """An unfinished run is continued only by the code that started it (tasks/ and model/)."""
+    import shutil
+
+    from tasks import resume
+    from tasks.resume import Resume
+
+    code = tmp_path / "code" / "tasks"
+    shutil.copytree(Path(resume.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "world"))
+    monkeypatch.setattr(resume, "CODE_DIRS", [code])
+    monkeypatch.chdir(tmp_path)
+    cfg = compose([*SMALL])
+    res = Resume(cfg, "pretrain", sections=["seed", "pretrain"], inputs=[], out_dir="models/pretrain")
+    res.folder.mkdir(parents=True)
+    (res.folder / "trainer.pt").write_bytes(b"")
+    (res.folder / "meta.json").write_text(json.dumps({"step": 3, **res.meta()}))
+    assert Resume(cfg, "pretrain", sections=["seed", "pretrain"], inputs=[], out_dir="models/pretrain").start() == res.folder
+    (code / "common.py").write_text((code / "common.py").read_text() + "\n# an edit\n")
+    capfd.readouterr()
+    assert Resume(cfg, "pretrain", sections=["seed", "pretrain"], inputs=[], out_dir="models/pretrain").start() is None
+    assert "starting fresh: the code (tasks/, model/) changed since the unfinished run" in capfd.readouterr().err
+
