@@ -1,6 +1,6 @@
 """Plumbing shared by every stage: errors, atomic writes, devices, seeds, threads, tables.
 
-It imports nothing of the project; the `__main__` wrapper every stage ends with
+It imports nothing of the project but the torch-free `model.files`; the `__main__` wrapper every stage ends with
 (`stage_main`) lives in `tasks/config.py`, beside the config it composes.
 """
 
@@ -10,10 +10,11 @@ import contextlib
 import json
 import os
 import math
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from model.files import atomic_folder
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -30,28 +31,9 @@ class InputError(Exception):
     """Bad input (file, key or row). The message is one line naming what is at fault."""
 
 
-@contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temp folder beside `dest`; on success it replaces `dest` in one rename.
-
-    On any exception the temp folder is removed and `dest` is left exactly as it was, so a
-    crash never leaves a half-written output and never destroys the previous good one.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+# a folder written whole or not at all (a sibling temp folder, fsynced, swapped in with two renames;
+# leftovers of a killed writer swept): the one implementation, beside the checkpoints that use it too
+atomic_dir = atomic_folder
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

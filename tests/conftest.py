@@ -115,6 +115,27 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def serve_local_deployment(project: Path, env: dict, port: int, logs: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """A Prefect server on 127.0.0.1:`port` and `python -m flows.serve` in `project`, returned once the
+    deployment `instructflow/local` exists (server.log and serve.log in `logs`); end both with `stop`."""
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], project, env, logs / "server.log")
+    served = None
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/health", 120)
+        served = start([sys.executable, "-m", "flows.serve"], project, env, logs / "serve.log")
+        deadline = time.time() + 90
+        while run_cmd([prefect, "deployment", "inspect", "instructflow/local"], project, env=env, check=False).returncode:
+            assert time.time() < deadline and served.poll() is None, (logs / "serve.log").read_text()[-2000:]
+            time.sleep(1)
+    except BaseException:
+        for p in (served, server):
+            if p is not None:
+                stop(p)
+        raise
+    return server, served
+
+
 def make_sft_and_rm() -> None:
     """In an instruct_workspace: models/sft (the tiny GPT) and models/rm (a tiny RM from it, the
     reward model's prompt split recorded in its meta as train_rm records it)."""

@@ -4,12 +4,11 @@ deployed with `prefect deploy` to a process work pool and run by `prefect worker
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_cmd, start, stop, wait_http
+from conftest import free_port, run_cmd, serve_local_deployment, start, stop
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +33,9 @@ def test_served_deployment_runs_smoke_pipeline(project, tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log.read_text()[-3000:]
         assert "Completed" in proc.stdout + proc.stderr
 
-    server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], project, env, tmp_path / "server.log")
-    served = worker = None
+    server, served = serve_local_deployment(project, env, port, tmp_path)
+    worker = None
     try:
-        wait_http(f"{api}/health", 120)
-        served = start([sys.executable, "-m", "flows.serve"], project, env, tmp_path / "serve.log")
-        deadline = time.time() + 90
-        while run_cmd([prefect, "deployment", "inspect", "instructflow/local"], project, env=env, check=False).returncode:
-            assert time.time() < deadline and served.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            time.sleep(1)
         run_smoke("instructflow/local", tmp_path / "serve.log")
         assert (project / "models/pretrain/model.safetensors").is_file()
         stop(served)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, run_cmd, start, stop, wait_http
+from conftest import ROOT, free_port, run_cmd, serve_local_deployment, start, stop, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +160,7 @@ def test_bad_input_through_the_flow_fails_the_run_with_the_stage_reason(project,
     assert tasks == ["configure", "data"]  # nothing downstream ran
     assert not (project / "data/tokenized").exists()
     # the parent MLflow run says FAILED; no stage after data has a run
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")  # absolute: MLflow caches a store by its URI string
     exp = client.get_experiment_by_name("instructflow")
     runs = client.search_runs([exp.experiment_id])
     assert {r.data.tags["instructflow.stage"]: r.info.status for r in runs} == {"pipeline": "FAILED", "data": "FAILED"}
@@ -198,7 +198,7 @@ def test_mlflow_ui_kind_headline_and_moved_workspace(tmp_path, monkeypatch):
     assert {"headline/gpt2.zero_shot_above_chance", "headline/rm.oracle_acc", "headline/ppo_ptx.decisive_win_rate_vs_sft"} <= set(headline)
     assert tracking.finish_parent_run(parent, "FINISHED", metrics=headline)
 
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")  # absolute: MLflow caches a store by its URI string
     exp = client.get_experiment_by_name("instructflow")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # (a)
     top = client.get_run(parent)
@@ -258,16 +258,8 @@ def test_served_deployment_bad_input_fails_with_one_line_state(project, tmp_path
         tasks = post("/task_runs/filter", {"flow_runs": {"id": {"any_": [fr["id"]]}}})
         return fr["state"], sorted(t["name"] for t in tasks)
 
-    server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], project, env, tmp_path / "server.log")
-    served = None
+    server, served = serve_local_deployment(project, env, port, tmp_path)
     try:
-        wait_http(f"{api}/health", 120)
-        served = start([sys.executable, "-m", "flows.serve"], project, env, tmp_path / "serve.log")
-        deadline = time.time() + 90
-        while run_cmd([prefect, "deployment", "inspect", "instructflow/local"], project, env=env, check=False).returncode:
-            assert time.time() < deadline and served.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            time.sleep(1)
-
         state, tasks = run_deployment("pretrain.lr=fast")  # a bad config value
         assert state["type"] == "FAILED" and "\n" not in state["message"], state
         assert state["message"].endswith("ConfigError: pretrain.lr: Value 'fast' of type 'str' could not be converted to Float"), state
@@ -294,8 +286,7 @@ def test_served_deployment_bad_input_fails_with_one_line_state(project, tmp_path
         assert state["type"] == "FAILED" and "\n" not in state["message"], state
         assert f"TrackingUnavailable: tracking.uri {uri}: MLflow tracking server not reachable" in state["message"] and tasks == [], state
     finally:
-        if served is not None:
-            stop(served)
+        stop(served)
         stop(server)
 
 

@@ -65,7 +65,7 @@ def test_flow_runs_stages_tracks_and_agrees_with_dvc(project, prefect_harness):
     assert prof["critical_path"][0] == "data" and prof["critical_path"][-1] in graph
     assert prof["lower_bound_s"] <= prof["wall_s"] and 0.999 < sum(s["cpu_share"] for s in prof["stages"].values()) < 1.001
 
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")  # absolute: MLflow caches a store by its URI string
     exp = client.get_experiment_by_name("instructflow")
     parents = client.search_runs([exp.experiment_id], "tags.`instructflow.stage` = 'pipeline'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
