@@ -32,20 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from model.files import sweep
+from tasks.tracking import flatten
 
 UNFINISHED = "trainer.pt"  # a checkpoint folder with this file can be continued
 CODE_DIRS = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "model"]  # tasks/ and model/
 KEY = "resume_key"  # where the settings and input digests are kept in the checkpoint's meta.json
 IGNORED = ("resume", "progress", "threads", "ckpt_every", "log_every")
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
 
 
 def digest(path: str | Path) -> str:
@@ -107,7 +99,7 @@ class Resume:
         self.setting = conf[stage.split("@")[0]]["resume"] if setting is None else setting
         self.root = Path(conf.get("resume_dir", ".resume"))
         self.folder = unfinished_folder(self.root, out_dir)
-        config = {k: v for s in sections for k, v in _flat(conf[s], f"{s}.").items() if k.rsplit(".", 1)[-1] not in IGNORED}
+        config = {k: v for s in sections for k, v in flatten(conf[s], f"{s}.").items() if k.rsplit(".", 1)[-1] not in IGNORED}
         self.key = {"config": {k: json.dumps(v, sort_keys=True) for k, v in config.items()},
                     "inputs": {str(p): digest(p) for p in inputs if str(p) not in ("", "scratch")}, "code": code_digest()}
 
