@@ -1,8 +1,10 @@
 """Training throughput: our GPT vs transformers' GPT2LMHeadModel, same config, data and optimizer.
 
-    .venv/bin/python bench/bench_pretrain.py [--steps 30] [--threads 2] [--block-size 128 --batch 8]
+    .venv/bin/python bench/bench_pretrain.py [--steps 20] [--threads 2] [--block-size 512 --batch 8 --short-fraction 0.75]
 
-Both models get the same weights (exported through model.hf), the same random token batches and
+The default shape is the default pipeline's pre-training step (conf/pretrain.yaml, conf/model/tiny.yaml):
+8 windows of 512 tokens, 6 of them (short_fraction 0.75) cut into 128-token pieces, vocabulary 1,300.
+`--block-size 128 --short-fraction 0 --vocab 1024` is the small shape of the earlier figures. Both models get the same weights (exported through model.hf), the same random token batches and
 the same AdamW; the loss is the same F.cross_entropy on the logits for both, so only the model's
 forward + backward differs. Steps are interleaved (one step of each model in turn) so a busy
 machine slows every contender alike; tokens/s come from the median and the best step time.
@@ -33,14 +35,31 @@ def hf_loss(model, x, y):
     return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
 
 
+def window_loss(loss_fn, model, x, y, n_short: int, short: int):
+    """tasks/pretrain.py's step: the first n_short windows cut into `short`-token pieces (attention
+    within each piece), the rest whole; the mean over every window's tokens."""
+    if n_short == 0:
+        return loss_fn(model, x, y)
+    a = loss_fn(model, x[:n_short].reshape(-1, short), y[:n_short].reshape(-1, short))
+    if n_short == len(x):
+        return a
+    return (n_short * a + (len(x) - n_short) * loss_fn(model, x[n_short:], y[n_short:])) / len(x)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per model")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per model")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--block-size", type=int, default=128, help="tokens per row")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--block-size", type=int, default=512, help="tokens per window")
+    ap.add_argument("--batch", type=int, default=8, help="windows per step")
+    ap.add_argument("--short-fraction", type=float, default=0.75, help="share of the windows cut into --short-block pieces")
+    ap.add_argument("--short-block", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=1300)
     args = ap.parse_args()
+    n_short = round(args.short_fraction * args.batch)
+    if n_short and args.block_size % args.short_block:
+        ap.error("--short-block must divide --block-size")
     torch.set_num_threads(args.threads)
     import transformers
     from transformers import GPT2LMHeadModel
@@ -48,7 +67,7 @@ def main():
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
-    config = GPTConfig(vocab_size=1024, block_size=args.block_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+    config = GPTConfig(vocab_size=args.vocab, block_size=args.block_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
     torch.manual_seed(0)
     ours = GPT(config)
     contenders = {"ours (SDPA)": (ours, ours_loss)}
@@ -75,7 +94,7 @@ def main():
         for name, (model, loss_fn) in contenders.items():
             model.train()
             t0 = time.perf_counter()
-            loss = loss_fn(model, x, y)
+            loss = window_loss(loss_fn, model, x, y, n_short, args.short_block)
             optimizers[name].zero_grad(set_to_none=True)
             loss.backward()
             optimizers[name].step()
@@ -88,7 +107,8 @@ def main():
     ref = "ours (SDPA)"
     print(
         f"\ntraining throughput, {config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, "
-        f"batch {args.batch} x {config.block_size} tokens, vocab {config.vocab_size}, {args.threads} threads, "
+        f"batch {args.batch} x {config.block_size} tokens ({n_short} cut into {args.short_block}-token pieces), "
+        f"vocab {config.vocab_size}, {args.threads} threads, "
         f"{args.steps} interleaved steps, torch {torch.__version__}, transformers {transformers.__version__}"
     )
     print(f"{'model':<22}{'tokens/s (median)':>19}{'ours / this':>13}{'tokens/s (best)':>17}{'ours / this':>13}")

@@ -252,6 +252,17 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
+    def token_logprobs(self, idx, targets):
+        """log p(targets[b, t] | idx[b, :t+1]) (B, T) in fp32, 0 where targets is -100: the values
+        of log_softmax(forward(idx)) at the targets, bit for bit, with the (tokens x vocab) head and
+        its softmax only at the positions that have a target (a response's, not its prompt's or the
+        padding's). Its backward sums the head's gradient over fewer rows, so a training step on it
+        differs from one on forward() in the last bits; the stages use it where nothing is trained."""
+        x = self.hidden_states(idx)
+        keep = targets != -100
+        lp = torch.log_softmax(self.lm_head(x[keep]).float(), dim=-1).gather(-1, targets[keep][:, None]).squeeze(-1)
+        return torch.zeros(targets.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)
+
     def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str):
         """AdamW; weight decay only on matmul weights (not biases, LayerNorms or the wte/wpe embeddings)."""
         embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}

@@ -103,7 +103,8 @@ def pair_logprobs(model: GPT, pairs: list[Pair], pad_id: int, device: str, mean:
     rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     ids, lengths = pad_right([r[0] for r in rows], pad_id)
     targets = response_targets(ids, lengths, torch.tensor([r[1] for r in rows])).to(device)
-    lp = response_logprobs(model(ids.to(device)), targets)
+    ids = ids.to(device)
+    lp = response_logprobs(model(ids), targets) if torch.is_grad_enabled() else model.token_logprobs(ids, targets)
     total = lp.sum(1)
     if mean:
         total = total / (targets != -100).sum(1).clamp(min=1)
@@ -154,7 +155,7 @@ def evaluate_samples(model: GPT, ref: GPT, tok: Tokenizer, rows: list[dict], pro
     n_prompt = torch.tensor([len(p) for p in prompts])
     targets = response_targets(ids, lengths, n_prompt).to(device)
     ids, lengths, n_prompt = ids.to(device), lengths.to(device), n_prompt.to(device)
-    kl = (response_logprobs(model(ids), targets) - response_logprobs(ref(ids), targets)).sum(1)
+    kl = (model.token_logprobs(ids, targets) - ref.token_logprobs(ids, targets)).sum(1)
     greedy = respond(model, tok, prompts, dc.max_new_tokens, temperature=0.0)
     out = {"kl": kl.mean().item(),
            "oracle_score": sum(oracle_score(r, s["text"]) for r, s in zip(rows, sampled)) / len(rows),

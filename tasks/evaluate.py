@@ -68,7 +68,7 @@ from model import rl, stats
 from model.checkpoint import load_checkpoint
 from model.data import window_batch
 from model.instruct import (MIN_NEW_TOKENS, encode_example, encode_prompt, encode_response, few_shot_context, pad_right, respond,
-                            response_logprobs, response_targets)
+                            response_targets)
 from model.reward import RewardModel
 from tasks import tracking
 from tasks.common import (InputError, atomic_write_json, atomic_write_text, finite_or_none, markdown_table, plus_minus, read_jsonl,
@@ -91,7 +91,7 @@ def sequence_logprob(model, contexts: list[list[int]], responses: list[list[int]
         ids, lengths = pad_right(rows, pad_id)
         n_prompt = torch.tensor([len(c) for c in contexts[b : b + batch_size]])
         dev = next(model.parameters()).device
-        lp = response_logprobs(model(ids.to(dev)), response_targets(ids, lengths, n_prompt).to(dev))
+        lp = model.token_logprobs(ids.to(dev), response_targets(ids, lengths, n_prompt).to(dev))
         out += lp.sum(1).tolist()
     return out
 

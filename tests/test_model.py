@@ -79,6 +79,24 @@ def test_forward_shapes_loss_and_block_size():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
+def test_token_logprobs_equal_the_full_heads_bit_for_bit():
+    """The head run only where a target is (prompts and padding skipped) gives exactly the values
+    of log_softmax(forward) at the targets, and 0 where the target is -100."""
+    model = tiny()
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(128, (6, 40), generator=g)
+    targets = idx.roll(-1, dims=1)
+    targets[:, :7] = -100  # a prompt
+    targets[2, 20:] = -100  # a short row's padding
+    targets[:, -1] = -100
+    with torch.no_grad():
+        full = torch.log_softmax(model(idx).float(), -1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+        sparse = model.token_logprobs(idx, targets)
+    assert torch.equal(sparse, full * (targets != -100))
+    assert torch.equal(sparse.sum(1), (full * (targets != -100)).sum(1))
+    assert (sparse[targets == -100] == 0).all() and (sparse[targets != -100] < 0).all()
+
+
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
 def test_left_padding_matches_unpadded(norm_position):
     model = tiny(norm_position)
