@@ -1,6 +1,6 @@
 """GPT-1 fine-tuning step: ours (model.heads.TaskModel) vs transformers' GPT2DoubleHeadsModel.
 
-    .venv/bin/python bench/bench_finetune.py [--steps 40] [--threads 1] [--batch 8 --choices 4]
+    .venv/bin/python bench/bench_finetune.py [--steps 40] [--threads 1] [--batch 8 --choices 4] [--levers]
 
 The default shape is the default pipeline's story-cloze step (conf/finetune.yaml): 8 examples of 4
 answers, each `<|start|> context <|delim|> answer <|extract|>` of 25-50 tokens (the world's
@@ -9,9 +9,15 @@ cross-entropy + 0.5 x the auxiliary LM loss (GPT-1's L2 + λ·L1), one torch thr
 runs it. GPT2DoubleHeadsModel is transformers' model for exactly this (GPT-1's multiple-choice head
 plus the LM head): the same body weights (exported through model.hf), the same batches, the same
 plain AdamW. Steps are interleaved; examples/s from the median and the best step time.
+
+`--levers` adds variants of ours, to measure what each buys: every row padded to the batch's
+longest (TaskModel before it ran rows ragged), AdamW with `fused=True` (one kernel for every
+parameter; not bit-identical to the plain one) and `torch.compile` (inductor's C++ backend, dynamic
+shapes; its compile time, spent in the warm-up steps, is printed).
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -43,6 +49,18 @@ def batches(n: int, batch: int, choices: int, lo: int, hi: int, vocab: int, pad:
     return out
 
 
+class PaddedTaskModel(TaskModel):
+    """TaskModel with every row padded to the batch's longest (the per-token layers see the padding)."""
+
+    def forward(self, idx, lengths, *, lm=False):
+        B, V, T = idx.shape
+        flat, n = idx.view(B * V, T), lengths.view(B * V)
+        x = self.gpt.hidden_states(flat)
+        logits = self.head(x[torch.arange(B * V), n - 1].view(B, V, -1))
+        keep = torch.arange(T - 1)[None, :] < (n - 1)[:, None]
+        return logits, F.cross_entropy(self.gpt.lm_head(x[:, :-1][keep]), flat[:, 1:][keep])
+
+
 def ours_loss(model, ids, lengths, y):
     scores, lm = model(ids, lengths, lm=True)
     return F.cross_entropy(scores, y) + LM_COEF * lm
@@ -66,6 +84,7 @@ def main():
     ap.add_argument("--min-len", type=int, default=25)
     ap.add_argument("--max-len", type=int, default=50)
     ap.add_argument("--vocab", type=int, default=1300)
+    ap.add_argument("--levers", action="store_true", help="also ours with fused AdamW and ours under torch.compile")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -77,7 +96,15 @@ def main():
     config = GPTConfig(vocab_size=args.vocab, block_size=512, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
     torch.manual_seed(0)
     body = GPT(config)
-    contenders = {"ours (TaskModel)": (TaskModel(body, TaskHead(config.n_embd, "choice", 1, 0.1)), ours_loss)}
+    ours = TaskModel(body, TaskHead(config.n_embd, "choice", 1, 0.1))
+    contenders = {"ours (TaskModel)": (ours, ours_loss)}
+    fused = set()
+    if args.levers:
+        padded = PaddedTaskModel(copy.deepcopy(body), copy.deepcopy(ours.head))
+        contenders["ours, padded rows"] = (padded, ours_loss)
+        contenders["ours, fused AdamW"] = (copy.deepcopy(ours), ours_loss)
+        fused.add("ours, fused AdamW")
+        contenders["ours, torch.compile"] = (torch.compile(copy.deepcopy(ours), dynamic=True), ours_loss)
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(Path(tmp) / "ck", body, {})
         export_hf(Path(tmp) / "ck", Path(tmp) / "hf")
@@ -91,8 +118,10 @@ def main():
             contenders[f"transformers {impl}"] = (hf, hf_loss)
 
     data = batches(args.warmup + args.steps, args.batch, args.choices, args.min_len, args.max_len, args.vocab, pad=0)
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01) for name, (model, _) in contenders.items()}
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, **({"fused": True} if name in fused else {}))
+                  for name, (model, _) in contenders.items()}
     times = {name: [] for name in contenders}
+    warmup = {name: 0.0 for name in contenders}
     for i, (ids, lengths, y) in enumerate(data):
         for name, (model, loss_fn) in contenders.items():
             model.train()
@@ -104,6 +133,8 @@ def main():
             optimizers[name].step()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
+            else:
+                warmup[name] += time.perf_counter() - t0
 
     med = {name: args.batch / statistics.median(t) for name, t in times.items()}
     best = {name: args.batch / min(t) for name, t in times.items()}
@@ -113,9 +144,11 @@ def main():
         f"batch {args.batch} x {args.choices} answers of {args.min_len}-{args.max_len} tokens, vocab {config.vocab_size}, "
         f"{args.threads} threads, {args.steps} interleaved steps, torch {torch.__version__}, transformers {transformers.__version__}"
     )
-    print(f"{'model':<22}{'examples/s (median)':>21}{'ours / this':>13}{'examples/s (best)':>19}{'ours / this':>13}")
+    print(f"{'model':<24}{'examples/s (median)':>21}{'ours / this':>13}{'examples/s (best)':>19}{'ours / this':>13}")
     for name in contenders:
-        print(f"{name:<22}{med[name]:>21,.1f}{med[ref] / med[name]:>12.2f}x{best[name]:>19,.1f}{best[ref] / best[name]:>12.2f}x")
+        print(f"{name:<24}{med[name]:>21,.1f}{med[ref] / med[name]:>12.2f}x{best[name]:>19,.1f}{best[ref] / best[name]:>12.2f}x")
+    if args.levers:
+        print(f"warm-up ({args.warmup} steps, seconds): " + ", ".join(f"{name} {s:.1f}" for name, s in warmup.items()))
 
 
 if __name__ == "__main__":

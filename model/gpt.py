@@ -108,6 +108,26 @@ def attention_mask_for(
     return allowed[:, None], False  # (B, 1, T, past + T)
 
 
+class Ragged:
+    """Right-padded rows (N, T) held as their M real tokens side by side, row after row: the
+    per-token layers (projections, MLP, LayerNorms) run on M tokens instead of N x T, and attention
+    scatters them back into (N, T) with zeros in the padding, which no real token attends to
+    (attention is causal and the padding is on the right)."""
+
+    def __init__(self, lengths: torch.Tensor, T: int):
+        self.N, self.T = lengths.numel(), T
+        self.keep = torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]  # (N, T)
+        self.index = self.keep.flatten().nonzero().squeeze(1)  # (M,) flat positions of the real tokens
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, D) -> (N, T, D), zeros at the padding."""
+        return x.new_zeros(self.N * self.T, x.size(-1)).index_copy_(0, self.index, x).view(self.N, self.T, -1)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, D) -> (M, D)."""
+        return x.reshape(self.N * self.T, -1).index_select(0, self.index)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -118,9 +138,12 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.layer_idx = layer_idx
 
-    def forward(self, x, attn_mask=None, is_causal=True, kv_cache: KVCache | None = None):
-        B, T, C = x.size()
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
+    def forward(self, x, attn_mask=None, is_causal=True, kv_cache: KVCache | None = None, ragged: Ragged | None = None):
+        qkv = self.c_attn(x)  # (B, T, 3C), or (M, 3C) with `ragged`
+        if ragged is not None:
+            qkv = ragged.pad(qkv)
+        B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
+        qkv = qkv.view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
@@ -128,6 +151,8 @@ class CausalSelfAttention(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side
+        if ragged is not None:
+            y = ragged.unpad(y)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -152,11 +177,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.pre_norm = config.norm_position == "pre"
 
-    def forward(self, x, attn_mask=None, is_causal=True, kv_cache=None):
+    def forward(self, x, attn_mask=None, is_causal=True, kv_cache=None, ragged: Ragged | None = None):
         if self.pre_norm:  # GPT-2: the residual stream itself is never normalised
-            x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache)
+            x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache, ragged)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, attn_mask, is_causal, kv_cache))  # GPT-1: normalise after each add
+        x = self.ln_1(x + self.attn(x, attn_mask, is_causal, kv_cache, ragged))  # GPT-1: normalise after each add
         return self.ln_2(x + self.mlp(x))
 
 
@@ -239,6 +264,21 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += T
         return self.transformer.ln_f(x)
+
+    def ragged_hidden_states(self, idx: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, Ragged]:
+        """hidden_states(idx) at the real tokens of right-padded rows only: (M, C), row 0's tokens
+        first, and their layout. The padding costs no per-token work (fine-tuning batches of short
+        rows are 15-30% padding). The same values as hidden_states(idx)[ragged.keep], up to the
+        last bits where a matrix product's blocking depends on its row count."""
+        N, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's block_size of {self.config.block_size}")
+        r = Ragged(lengths, T)
+        pos = torch.arange(T, device=idx.device).expand(N, T)[r.keep]
+        x = self.transformer.drop(self.transformer.wte(idx[r.keep]) + self.transformer.wpe(pos))  # (M, C)
+        for block in self.transformer.h:
+            x = block(x, None, True, None, r)
+        return self.transformer.ln_f(x), r
 
     def forward(self, idx, targets=None, *, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None):
         """Logits (B, T, vocab); with `targets` (B, T) also the mean cross-entropy, as (logits, loss).

@@ -79,15 +79,15 @@ class TaskModel(nn.Module):
         B, V, T = idx.shape
         flat = idx.view(B * V, T)
         n = lengths.view(B * V)
-        x = self.gpt.hidden_states(flat)  # (B*V, T, C)
-        rows = torch.arange(B * V, device=idx.device)
-        h = x[rows, n - 1].view(B, V, -1)  # (B, V, C) states at <|extract|>
+        x, ragged = self.gpt.ragged_hidden_states(flat, n)  # (M, C): the real tokens only, row after row
+        ends = n.cumsum(0) - 1  # each row's last token, <|extract|>, in x
+        h = x[ends].view(B, V, -1)  # (B, V, C)
         logits = self.head(h)
         if not lm:
             return logits, None
-        # only the positions that predict a real token: the LM head costs (tokens x vocab)
-        pos = torch.arange(T - 1, device=idx.device)
-        keep = pos[None, :] < (n - 1)[:, None]  # (B*V, T-1)
-        lm_logits = self.gpt.lm_head(x[:, :-1][keep])  # (M, vocab)
-        lm_loss = F.cross_entropy(lm_logits, flat[:, 1:][keep])
+        # every real token but a row's last predicts the next one; the LM head costs (tokens x vocab)
+        last = torch.zeros(x.size(0), dtype=torch.bool, device=x.device)
+        last[ends] = True
+        rows = (~last).nonzero().squeeze(1)
+        lm_loss = F.cross_entropy(self.gpt.lm_head(x[rows]), flat[ragged.keep][rows + 1])
         return logits, lm_loss

@@ -79,6 +79,33 @@ def test_forward_shapes_loss_and_block_size():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_ragged_rows_equal_the_padded_batch(norm_position):
+    """Right-padded rows run as their real tokens only give hidden_states' values at those tokens,
+    and TaskModel (built on it) the padded batch's task logits and LM loss, bit for bit."""
+    from model.heads import TaskHead, TaskModel
+
+    model = tiny(norm_position)
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.randint(3, 40, (6, 3), generator=g)
+    T = int(lengths.max())
+    idx = torch.randint(128, (6, 3, T), generator=g).masked_fill(torch.arange(T)[None, None, :] >= lengths[..., None], 0)
+    flat, n = idx.view(-1, T), lengths.view(-1)
+    with torch.no_grad():
+        padded = model.hidden_states(flat)
+        x, ragged = model.ragged_hidden_states(flat, n)
+        assert x.shape == (int(n.sum()), 32)
+        assert torch.equal(x, padded[ragged.keep])
+        task = TaskModel(model, TaskHead(32, "choice", 1, 0.0)).eval()
+        logits, lm = task(idx, lengths, lm=True)
+        ends = padded[torch.arange(len(n)), n - 1].view(6, 3, -1)
+        assert torch.equal(logits, task.head(ends))
+        keep = torch.arange(T - 1)[None, :] < (n - 1)[:, None]
+        assert torch.equal(lm, F.cross_entropy(model.lm_head(padded[:, :-1][keep]), flat[:, 1:][keep]))
+    with pytest.raises(ValueError, match="block_size"):
+        model.ragged_hidden_states(torch.zeros(1, 65, dtype=torch.long), torch.tensor([65]))
+
+
 def test_token_logprobs_equal_the_full_heads_bit_for_bit():
     """The head run only where a target is (prompts and padding skipped) gives exactly the values
     of log_softmax(forward) at the targets, and 0 where the target is -100."""
