@@ -83,6 +83,11 @@ class KVCache:
         v_all.narrow(2, self.pos, T).copy_(v)
         return k_all.narrow(2, 0, self.pos + T), v_all.narrow(2, 0, self.pos + T)  # (B, nh, pos + T, hs)
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (indices into the current batch), in this order."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+
 
 def attention_mask_for(
     attention_mask: torch.Tensor | None, T: int, past: int, device

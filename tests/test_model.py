@@ -259,6 +259,48 @@ def test_eos_stops_a_row_and_the_batch():
     assert single.sequences.shape[1] == len(PROMPTS[1]) + 4
 
 
+@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=1.0), dict(temperature=1.3, top_p=0.8)])
+def test_stopped_rows_leave_the_batch_and_nothing_changes(kw, monkeypatch):
+    """Compaction (rows that stopped leave the running batch with their KV cache) gives the same
+    tokens, sequences and masks as keeping every row, the same log-probabilities up to the last bits
+    (which CPU kernels a batch of a given size takes depends on the machine and the shapes; on the
+    pipeline's model they were bit-identical), and leaves the generator where it would be."""
+    model = tiny()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 127, int(n)).tolist() for n in rng.integers(1, 9, 24)]
+    first = generate(model, prompts, 16, generator=torch.Generator().manual_seed(1), **kw)
+    eos = int(np.bincount([t for row in first.tokens for t in row]).argmax())  # a common token: rows stop apart
+    kept = []
+    monkeypatch.setattr(KVCache, "keep", lambda self, rows, f=KVCache.keep: (kept.append(rows.numel()), f(self, rows)))
+    g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    out = generate(model, prompts, 16, eos_id=eos, pad_id=127, generator=g1, **kw)
+    ref = generate(model, prompts, 16, eos_id=eos, pad_id=127, generator=g2, compact=False, **kw)
+    assert out.tokens == ref.tokens
+    for a, b in zip(out.logprobs, ref.logprobs):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert torch.equal(out.sequences, ref.sequences) and torch.equal(out.attention_mask, ref.attention_mask)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    lengths = [len(t) for t in out.tokens]
+    assert min(lengths) < 16 and len(set(lengths)) >= 3  # rows stopped at different steps
+    assert kept and min(kept) >= 4 and kept == sorted(kept, reverse=True)  # compacted, never below MIN_ROWS
+
+
+def test_sampling_is_torch_multinomials_draw():
+    """_pick's sample (argmax of p / q, q ~ Exp(1), drawn for the whole batch) equals torch.multinomial."""
+    from model.generate import _pick
+
+    logits = torch.randn(16, 50) * 3
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):
+        want = torch.multinomial(torch.softmax(logits, -1), 1, generator=g1).squeeze(1)
+        got = _pick(logits, 1.0, 0, 1.0, g2, torch.arange(16), 16)
+        assert torch.equal(want, got)
+    # read at a subset of rows: each row's sample is the one it gets in the whole batch
+    rows = torch.tensor([1, 7, 8, 15])
+    want = torch.multinomial(torch.softmax(logits, -1), 1, generator=g1).squeeze(1)[rows]
+    assert torch.equal(_pick(logits[rows], 1.0, 0, 1.0, g2, rows, 16), want)
+
+
 def test_generate_rejects_overlong_and_keeps_train_mode():
     model = tiny().train()
     with pytest.raises(ValueError, match="block_size"):
