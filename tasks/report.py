@@ -376,7 +376,7 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
     s = ev["sft"]
     seeds, stale = current_seeds(m, ev)
     if stale:
-        src = "one seed: `make rlhf-seeds` is of another SFT policy, rerun it"
+        src = "one seed: `make rlhf-seeds` is of other policies, rerun it"
     else:
         n_seeds = len((seeds or {}).get("seeds", []))
         src = f"{n_seeds} seeds pooled, `make rlhf-seeds`" if n_seeds > 1 else "one seed: `make rlhf-seeds` runs the others"
@@ -416,27 +416,40 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
     return goals
 
 
+def seeds_differ(seeds: dict, ev: dict) -> str | None:
+    """Why `make rlhf-seeds`'s record is not of the pipeline's current policies (None when it is): its
+    SFT sampled oracle score, or a method's score at the pipeline's own seed (the record's first),
+    differs from evaluate.json's (same prompts and seed, so a current record matches to the last bit)."""
+    a, b = (seeds.get("verdicts") or {}).get("sft_sampled"), ev["sft"].get("sampled_oracle_score")
+    if a is None or b is None or abs(a - b) >= 1e-9:
+        return f"another SFT policy: its SFT sampled score {a} vs {b}"
+    first = (seeds.get("per_seed") or {}).get(str((seeds.get("seeds") or [None])[0])) or {}
+    for method, r in sorted(first.items()):
+        for key, ev_key in (("sampled", "sampled_oracle_score"), ("greedy", "oracle_score")):
+            x, y = r.get(key), (ev.get(method) or {}).get(ev_key)
+            if x is not None and y is not None and abs(x - y) >= 1e-9:
+                return f"another {method} policy: its {key} score at seed {seeds['seeds'][0]} {x} vs {y}"
+    return None
+
+
 def current_seeds(m: Path, ev: dict | None) -> tuple[dict | None, bool]:
-    """`make rlhf-seeds`'s record (None when absent or stale) and whether it is stale: made on another
-    SFT policy than evaluate.json's (its SFT sampled oracle score, same prompts and seed, differs)."""
+    """`make rlhf-seeds`'s record (None when absent or stale) and whether it is stale (`seeds_differ`)."""
     seeds = read(m / "rlhf_seeds.json")
     if not seeds or not ev or "sft" not in ev:
         return seeds, False
-    a, b = (seeds.get("verdicts") or {}).get("sft_sampled"), ev["sft"].get("sampled_oracle_score")
-    stale = a is None or b is None or abs(a - b) >= 1e-9
+    stale = seeds_differ(seeds, ev) is not None
     return (None if stale else seeds), stale
 
 
 def seeds_section(m: Path) -> str:
-    """The seeds table, flagged when it was made from another SFT policy than evaluate.json's."""
+    """The seeds table, flagged when it was made from other policies than evaluate.json's."""
     if not (m / "rlhf_seeds.md").is_file():
         return "_not run: `make rlhf-seeds`_\n"
     ev = read(m / "evaluate.json")
     _, stale = current_seeds(m, ev)
-    seeds = read(m / "rlhf_seeds.json") or {}
-    return (("**Stale**: these seeds ran on another SFT policy than the pipeline's current one (their SFT sampled "
-             f"score {(seeds.get('verdicts') or {}).get('sft_sampled')} vs {ev['sft'].get('sampled_oracle_score')}); "
-             "the goals above use the pipeline's one seed until `make rlhf-seeds` is run again.\n\n") if stale else "") + include(m / "rlhf_seeds.md")
+    why = seeds_differ(read(m / "rlhf_seeds.json") or {}, ev) if stale else None
+    return ((f"**Stale**: these seeds ran on other policies than the pipeline's current ones ({why}); the goals "
+             "above use the pipeline's one seed until `make rlhf-seeds` is run again.\n\n") if stale else "") + include(m / "rlhf_seeds.md")
 
 
 def verdicts_rlhf(m: Path) -> str:

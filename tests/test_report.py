@@ -166,17 +166,18 @@ def test_stale_names_every_difference(tmp_path):
     assert any("results:gone is no section" in p for p in problems)
 
 
-def rlhf_metrics(tmp_path, seeds_sft: float):
-    """evaluate.json of one pipeline seed, and a `make rlhf-seeds` record whose SFT scored `seeds_sft`."""
+def rlhf_metrics(tmp_path, seeds_sft: float, seeds_ptx: float = 0.55):
+    """evaluate.json of one pipeline seed, and a `make rlhf-seeds` record whose SFT scored `seeds_sft`
+    and whose PPO-ptx at the pipeline's seed (its first) scored `seeds_ptx` sampled."""
     m = tmp_path / "metrics"
     pol = lambda gain, ci, win: {"sampled_oracle_score_diff_vs_sft": gain, "sampled_oracle_score_diff_vs_sft_ci": ci,  # noqa: E731
                                  "decisive_win_rate_vs_sft": win, "oracle_score_diff_vs_sft": 0.02, "oracle_score_diff_vs_sft_ci": 0.01}
-    write(m / "evaluate.json", {"sft": {"sampled_oracle_score": 0.54}, "ppo_ptx": pol(0.01, 0.02, 0.55),
+    write(m / "evaluate.json", {"sft": {"sampled_oracle_score": 0.54}, "ppo_ptx": pol(0.01, 0.02, 0.55) | {"sampled_oracle_score": 0.55},
                                 "ppo_gold": pol(0.2, 0.02, 0.9), "oracle_best_of_16": {"oracle_score": 0.82}})
     v = {"sft_sampled": seeds_sft, "sampled_gain": {"gain": 0.2, "ci": 0.01},
          "greedy_wins": {"decisive_win_rate": 0.9, "greedy_diff": 0.05, "greedy_diff_ci": 0.01},
          "recovers_gold": {"gain": 0.2, "gold_gain": 0.25}}
-    write(m / "rlhf_seeds.json", {"seeds": [1, 2, 3], "verdicts": v})
+    write(m / "rlhf_seeds.json", {"seeds": [1, 2, 3], "verdicts": v, "per_seed": {"1": {"ppo_ptx": {"sampled": seeds_ptx}}}})
     (m / "rlhf_seeds.md").write_text("| method | seeds |\n|---|---|\n| ppo_ptx | 3 |\n")
     return m
 
@@ -190,6 +191,11 @@ def test_seeds_of_another_sft_policy_are_not_the_verdict(tmp_path):
     assert "Stale" not in seeds_section(tmp_path / "a" / "metrics")
     m = rlhf_metrics(tmp_path / "b", seeds_sft=0.69)
     old = rlhf_goals(m)
-    assert "another SFT policy" in old["sampled_gain"].goal and old["sampled_gain"].measured.startswith("gain +0.010 ± 0.020")
+    assert "other policies" in old["sampled_gain"].goal and old["sampled_gain"].measured.startswith("gain +0.010 ± 0.020")
     assert old["greedy_wins"].ok is False and old["recovers_gold"].ok is False  # 0.55 decisive wins; +0.01 vs gold +0.2
     assert seeds_section(m).startswith("**Stale**") and "| ppo_ptx | 3 |" in seeds_section(m)
+    assert "another SFT policy" in seeds_section(m)
+    # the same SFT policy, but the pipeline's PPO-ptx is not the one the seeds pooled (its code or reward model changed)
+    m = rlhf_metrics(tmp_path / "c", seeds_sft=0.54, seeds_ptx=0.57)
+    assert "other policies" in rlhf_goals(m)["sampled_gain"].goal
+    assert "another ppo_ptx policy: its sampled score at seed 1 0.57 vs 0.55" in seeds_section(m)
