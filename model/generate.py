@@ -73,7 +73,7 @@ def generate(
     (later columns hold `pad_id`); the loop ends when every row has stopped. `use_cache=False`
     recomputes the whole context every step (the reference the cache is tested against);
     `compact=False` keeps stopped rows in the batch to the end (the reference compaction is tested
-    against: same tokens and log-probabilities, bit for bit).
+    against: the same tokens; log-probabilities equal up to the last bits).
     The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -119,7 +119,8 @@ def _decode(model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, p
     Rows that have stopped leave the running batch (with their KV cache rows) once they are a quarter
     of it, so a batch costs what its rows generate, not B times its longest response. At least
     `MIN_ROWS` rows keep running: with fewer, CPU matrix products take another path whose last bits
-    differ; from MIN_ROWS up a row's numbers do not depend on the batch (tested against `compact=False`).
+    differ; from MIN_ROWS up, on the pipeline's model and this project's CPU, a row's numbers did not
+    depend on the batch (where they do, only the last bits move; tested against `compact=False`).
     Compaction needs the cache (`use_cache`).
     """
     lens = [len(p) for p in prompts]
@@ -155,7 +156,7 @@ def _decode(model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, p
         if n == max_new_tokens:
             break
         if use_cache and compact:
-            rows, live, tok, cache = _compact(rows, live, tok, cache)
+            rows, live, tok = _compact(rows, live, tok, cache)
         m = mask[rows, : P + n] if padded else None
         if use_cache:  # feed only the new token; padded rows need their own positions
             pos = position[rows] + (n - 1) if padded else None
@@ -169,11 +170,12 @@ MIN_ROWS = 4  # the fewest rows a compacted decode batch keeps (see _decode)
 
 
 def _compact(rows, live, tok, cache):
-    """Drop stopped rows from the running batch once they are a quarter of it, keeping MIN_ROWS."""
+    """Drop stopped rows from the running batch (and `cache`, in place) once they are a quarter of it,
+    keeping MIN_ROWS. -> the running rows, their live flags and last tokens."""
     R, stopped = rows.numel(), int((~live).sum())
     if stopped == 0 or stopped * 4 < R or R <= MIN_ROWS:
-        return rows, live, tok, cache
+        return rows, live, tok
     order = torch.argsort((~live).to(torch.int8), stable=True)  # running rows first, each group in batch order
     keep = order[: max(R - stopped, MIN_ROWS)].sort().values
     cache.keep(keep)
-    return rows[keep], live[keep], tok[keep], cache
+    return rows[keep], live[keep], tok[keep]
