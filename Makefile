@@ -16,7 +16,7 @@ PORT ?= 4200
 # the CPU build of torch to install when there is no GPU (a wheel on local disk or a CPU index)
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: pipeline test setup serve mlflow-ui bench clean report scaling rlhf-seeds rank ranking-screenshot
+.PHONY: pipeline test setup serve mlflow-ui bench clean report scaling rlhf-seeds gpt1-seeds rank ranking-screenshot
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ scaling: setup
 # The RLHF methods again with more seeds (after `make pipeline`): metrics/rlhf_seeds.{json,md}, the verdicts in RESULTS.md
 rlhf-seeds: setup
 	$(PY) -m flows.seeds
+	$(PY) -m tasks.report
+
+# GPT-1's fine-tuning again from more pre-training seeds (after `make pipeline`): metrics/gpt1_seeds.{json,md}, the verdicts in RESULTS.md
+gpt1-seeds: setup
+	$(PY) -m flows.gpt1_seeds
 	$(PY) -m tasks.report
 
 # RESULTS.md from metrics/: every results table, generated (the end of `make pipeline`)

@@ -29,6 +29,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.finetune_report import CEILING
+from tasks.gpt1_seeds import digest
 from tasks.world.prompts import IN_CONTEXT_ONLY
 
 STAMP_END = "<!-- end of stamp -->"
@@ -164,6 +166,7 @@ def sections(m: Path) -> dict[str, str]:
     secs["overopt"] = ("![over-optimisation](metrics/overoptimization.png)\n\n" + include(m / "overoptimization.md") + "\n"
                        if (m / "overoptimization.md").is_file() else "_not run_\n")
     secs["seeds"] = seeds_section(m)
+    secs["gpt1_seeds"] = gpt1_seeds_section(m)
     secs["profile"] = profile_section(m / "pipeline_profile.json")
     return secs
 
@@ -204,22 +207,43 @@ def goals_table(goals: list[Goal]) -> str:
     return table([[g.goal, g.measured, met(g.ok)] for g in goals], ["goal", "measured", "verdict"])
 
 
-CEILING = 0.99  # fine-tuned and bar both at or above it: nothing left to beat, the bar counts as cleared
 GPT1_BARS = ("zero-shot", "baseline", "scratch")
+
+
+def current_gpt1_seeds(m: Path) -> tuple[dict | None, bool]:
+    """`make gpt1-seeds`'s record (None when absent or stale) and whether it is stale: it pooled
+    another pipeline fine-tuning than `<m>/finetune/<task>.items.json` holds now (digests differ)."""
+    rec = read(m / "gpt1_seeds.json")
+    if not rec:
+        return None, False
+    for task, d in (rec.get("root_items") or {}).items():
+        p = m / "finetune" / f"{task}.items.json"
+        if not p.is_file() or digest(p) != d:
+            return None, True
+    return rec, False
 
 
 def finetune_goals(m: Path) -> dict[str, dict]:
     """GPT-1: each task fine-tuned from pre-training (λ = 0.5) beats, on the same test rows, the
     pre-trained model prompted zero-shot, the word baseline and scratch beyond the paired 95%
     interval (`vs` of metrics/finetune.json, written by finetune_report). {task: {"acc", "bars":
-    {bar: {acc, diff, ci95, n, ok} or None}, "ok"}}, 0-1. A bar is cleared (ok) when diff > ci95, or
+    {bar: {acc, diff, ci95, n, ok} or None}, "ok", "seeds"}}, 0-1. A bar is cleared (ok) when diff > ci95, or
     when both are >= CEILING. The task is met when every bar run is cleared, the word baseline and
     scratch among them (zero-shot needs a prompt template of the task's name: user tasks have none);
-    ok is None when the metrics hold no comparison (written before finetune_report paired them)."""
+    ok is None when the metrics hold no comparison (written before finetune_report paired them).
+    Where `make gpt1-seeds` pooled more than one pre-training seed of a task and is current, its
+    pooled comparison is the verdict (the same rule, per row the mean over seeds); `seeds` says how many."""
     out = {}
+    rec, _ = current_gpt1_seeds(m)
     for task, by_init in (read(m / "finetune.json") or {}).items():
         mine = by_init.get("pretrain", {}).get("lm0.5", {}).get("test_acc")
         if mine is None:
+            continue
+        pooled = ((rec or {}).get("tasks") or {}).get(task) or {}
+        if len(pooled.get("seeds") or []) > 1 and pooled.get("ok") is not None:
+            bars = {name: pooled["pooled"].get(name) for name in GPT1_BARS}
+            some = next(b for b in bars.values() if b)
+            out[task] = {"acc": some["finetuned"], "bars": bars, "ok": pooled["ok"], "seeds": len(pooled["seeds"])}
             continue
         vs = by_init.get("vs") or {}
         bars = {}
@@ -227,7 +251,7 @@ def finetune_goals(m: Path) -> dict[str, dict]:
             v = vs.get(name)
             bars[name] = None if v is None else {**v, "ok": v["diff"] > v["ci95"] or min(v["acc"], v["acc"] + v["diff"]) >= CEILING}
         ok = None if not vs else all(b["ok"] for b in bars.values() if b) and bars["baseline"] is not None and bars["scratch"] is not None
-        out[task] = {"acc": mine, "bars": bars, "ok": ok}
+        out[task] = {"acc": mine, "bars": bars, "ok": ok, "seeds": 1}
     return out
 
 
@@ -243,14 +267,20 @@ def verdicts_gpt1(m: Path) -> str:
         note = "" if b["diff"] > b["ci95"] else ", ceiling" if b["ok"] else ", not cleared"
         return f"{100 * b['acc']:.1f} ({100 * b['diff']:+.1f} ± {100 * b['ci95']:.1f}{note})"
 
-    rows = [[task, f"{100 * g['acc']:.1f}"] + [cell(b) for b in g["bars"].values()] + [met(g["ok"])] for task, g in goals.items()]
-    return ("Fine-tuned from pre-training (λ = 0.5, test %) against the bars it must clear, each scored on the same test rows "
+    rows = [[task, g["seeds"], f"{100 * g['acc']:.1f}"] + [cell(b) for b in g["bars"].values()] + [met(g["ok"])]
+            for task, g in goals.items()]
+    _, stale = current_gpt1_seeds(m)
+    note = ("**`make gpt1-seeds` is stale** (it pooled other fine-tuning runs of the pipeline's seed than metrics/finetune/ "
+            "holds): the verdicts below are the pipeline's one seed until it is run again.\n\n") if stale else ""
+    return (note + "Fine-tuned from pre-training (λ = 0.5, test %) against the bars it must clear, each scored on the same test rows "
             "(`metrics/finetune.json`, `vs`): the bar's accuracy (fine-tuned − bar in points ± the paired 95% half-width "
             "1.96·sd(dᵢ)/√n). Bars: the pre-trained model prompted zero-shot with the task's prompt_eval template (k=0), the word "
             "baseline fit on the train split (bag of words, or word overlap for story cloze) and the same fine-tuning from scratch. "
             f"A bar is cleared when the difference exceeds its half-width (the interval's lower end above 0), or when both are at "
-            f"{100 * CEILING:.0f}% or more (ceiling: nothing left to beat); a task is met when every bar is cleared.\n\n"
-            + table(rows, ["task", "fine-tuned", "zero-shot", "baseline", "scratch", "verdict"]) + "\n")
+            f"{100 * CEILING:.0f}% or more (ceiling: nothing left to beat); a task is met when every bar is cleared. Seeds: "
+            "pre-training seeds pooled (`make gpt1-seeds`: per test row the mean over seeds, then the same paired interval; "
+            "[by seed](RESULTS.md#gpt-1-fine-tuning-over-pre-training-seeds-make-gpt1-seeds)); 1: the pipeline's run alone.\n\n"
+            + table(rows, ["task", "seeds", "fine-tuned", "zero-shot", "baseline", "scratch", "verdict"]) + "\n")
 
 
 def lm_coef_goal(m: Path) -> Goal:
@@ -452,6 +482,15 @@ def seeds_section(m: Path) -> str:
              "above use the pipeline's one seed until `make rlhf-seeds` is run again.\n\n") if stale else "") + include(m / "rlhf_seeds.md")
 
 
+def gpt1_seeds_section(m: Path) -> str:
+    """`make gpt1-seeds`'s table, flagged when it pooled other fine-tuning runs than metrics/finetune/ holds."""
+    if not (m / "gpt1_seeds.md").is_file():
+        return "_not run: `make gpt1-seeds`_\n"
+    _, stale = current_gpt1_seeds(m)
+    return (("**Stale**: these seeds were pooled with other fine-tuning runs of the pipeline's seed than the current ones; "
+             "the goals above use the pipeline's one run until `make gpt1-seeds` is run again.\n\n") if stale else "") + include(m / "gpt1_seeds.md")
+
+
 def verdicts_rlhf(m: Path) -> str:
     """Step 3's goals, and every method's oracle score against its KL to SFT."""
     ev = read(m / "evaluate.json")
@@ -479,8 +518,10 @@ def headline(m: Path, scaling: Path = SCALING) -> str:
     if ft:
         gaps = [100 * g["bars"]["scratch"]["diff"] for g in ft.values() if g["bars"]["scratch"] is not None]
         judged = [g["ok"] for g in ft.values()]
+        n_seeds = sorted({g["seeds"] for g in ft.values()})
+        src = f" ({'/'.join(map(str, n_seeds))} pre-training seeds pooled)" if n_seeds != [1] else " (one pre-training run: `make gpt1-seeds` runs more)"
         ft_goal = Goal("", f"{sum(ok is True for ok in judged)} of {len(ft)} tasks beat zero-shot, a word baseline and scratch beyond "
-                       "the paired 95% interval" + (f"; mean {sum(gaps) / len(gaps):+.1f} points over scratch" if gaps else ""),
+                       "the paired 95% interval" + (f"; mean {sum(gaps) / len(gaps):+.1f} points over scratch" if gaps else "") + src,
                        None if None in judged else all(judged))
     row("Pre-training helps fine-tuning", "GPT-1", "verdicts_gpt1", [("", ft_goal)])
     row("The auxiliary LM loss helps fine-tuning", "GPT-1", "finetune", [("", lm_coef_goal(m))])
@@ -555,6 +596,7 @@ TITLES = {"headline": "Headline: the papers' claims, judged",
           "scaling": "Scaling: in-context learning against model size (make scaling)",
           "verdicts_sft_rm": "Goals of InstructGPT steps 1-2", "verdicts_rlhf": "Goals of InstructGPT step 3 (judged by the oracle)",
           "seeds": "InstructGPT step 3 over seeds (make rlhf-seeds)",
+          "gpt1_seeds": "GPT-1 fine-tuning over pre-training seeds (make gpt1-seeds)",
           "demo_flaws": "Demonstrations with flaws: what each share gives (rl_eval, oracle)",
           "overopt": "Over-optimisation (Gao et al. 2022): best-of-n and RL against √KL",
           "profile": "Where the time goes: the last run of every stage (make pipeline)"}

@@ -575,6 +575,20 @@ class SeedsConfig:
     table_file: str
 
 
+@dataclass
+class GPT1SeedsConfig:
+    """GPT-1's fine-tuning verdicts over pre-training seeds (`flows/gpt1_seeds.py`, `tasks/gpt1_seeds.py`)."""
+
+    seeds: list[int]
+    tasks: list[str]
+    concurrency: Count
+    pretrain_threads: Threads
+    out_dir: str
+    metrics_dir: str
+    report_file: str
+    table_file: str
+
+
 # --- tracking -------------------------------------------------------------------------
 
 @dataclass
@@ -624,3 +638,4 @@ class Config:
     pipeline: PipelineConfig
     scaling: ScalingConfig
     seeds: SeedsConfig
+    gpt1_seeds: GPT1SeedsConfig

@@ -86,7 +86,7 @@ def test_fine_tuning_verdicts_need_the_paired_comparison(tmp_path):
     assert "98.5 (+1.0 ± 1.2, not cleared)" in rows["near_ceiling"]
     claim = [line for line in headline(m, tmp_path / "none.md").splitlines() if "Pre-training helps" in line][0]
     assert claim.endswith("| 0 of 3 tasks beat zero-shot, a word baseline and scratch beyond the paired 95% interval; "
-                          "mean +9.5 points over scratch | – |")  # one task not judged: the claim is not judged
+                          "mean +9.5 points over scratch (one pre-training run: `make gpt1-seeds` runs more) | – |")  # one task not judged: the claim is not judged
 
 
 def test_scaling_section_reads_the_report(tmp_path):
@@ -118,7 +118,8 @@ def test_headline_has_one_row_per_claim_linked_to_its_section(tmp_path):
     assert len(rows) == 13
     by_claim = {r.split("](")[0][3:]: r for r in rows}
     assert by_claim["Pre-training helps fine-tuning"].endswith("| GPT-1 | 3 of 4 tasks beat zero-shot, a word baseline and scratch beyond "
-                                                            "the paired 95% interval; mean +15.1 points over scratch | **NOT met** |")
+                                                            "the paired 95% interval; mean +15.1 points over scratch (one pre-training "
+                                                            "run: `make gpt1-seeds` runs more) | **NOT met** |")
     assert "(RESULTS.md#goals-of-gpt-1-fine-tuning)" in by_claim["Pre-training helps fine-tuning"]
     assert by_claim["Few-shot beats zero-shot"].endswith("| beyond noise on 2 of 4: entailment, word_map | **NOT met** |")
     assert by_claim["In-context learning grows with model size"].endswith("| met |")
