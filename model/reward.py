@@ -10,7 +10,11 @@ Architecture choices:
   after it cannot change it (causal attention never looks right);
 - optionally (`lm_scale`, on by default in `train_rm`) the likelihood feature: the reward adds
   lm_scale × the mean log-probability the trunk's own (tied) LM head gives the response's
-  tokens (all but the first; the EOS included), lm_scale learned with the rest. Measured on the
+  tokens (the first, predicted from the prompt's last token, and the EOS included), lm_scale
+  learned with the rest. Every response has at least its EOS to score: an empty one is scored by
+  how likely an EOS is right after the prompt. (Leaving the first token out, as this once did,
+  gave an empty response no token to score and so a log-probability of 0, the best there is: PPO
+  found it, and its policy answered every prompt with EOS alone.) Measured on the
   world: the SFT trunk's likelihood alone orders 78% of the differing pairs like the oracle,
   an EOS head trained on the same rankings 55-70%; the rubric's checks (subject words, mood,
   the story's fact) are comparisons of the response with the prompt, which the SFT trunk
@@ -107,12 +111,18 @@ class RewardModel(nn.Module):
         # the response's tokens (all but the first; EOS included). None = the plain EOS head.
         self.lm_scale = None if lm_scale is None else nn.Parameter(torch.tensor(float(lm_scale)))
 
-    def _lm_feature(self, h: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Mean log p(ids[r, t + 1]) over the positions t with keep[m, t], for each m with row rows[m].
-        h: (B, T, C) trunk states; keep: (M, T - 1) bool."""
+    def _lm_feature(self, h: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor,
+                    first: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean log p(ids[r, t + 1]) over the positions t with keep[m, t], for each m with row rows[m],
+        and, where `first` (M, 2) is given, log p(first[m, 1]) at position first[m, 0] of that row
+        too (a packed response's first token, predicted from the prompt's last position, which in
+        a packed row is followed by the first response only). h: (B, T, C) trunk states; keep: (M, T - 1) bool."""
         logp = torch.log_softmax(self.gpt.lm_head(h[:, :-1]).float(), dim=-1)  # (B, T-1, vocab)
         lp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)[rows]  # (M, T-1) log p of each next token
-        return (lp * keep).sum(1) / keep.sum(1).clamp(min=1)
+        total, count = (lp * keep).sum(1), keep.sum(1)
+        if first is not None:
+            total, count = total + logp[rows, first[:, 0], first[:, 1]], count + 1
+        return total / count.clamp(min=1)
 
     def scores(self, ids: torch.Tensor, **trunk_kwargs) -> torch.Tensor:
         """Raw head output at every position (N, T); `trunk_kwargs` go to `GPT.hidden_states`."""
@@ -131,7 +141,7 @@ class RewardModel(nn.Module):
         if n_prompt is None:
             raise ValueError("this reward model reads the response's likelihood: pass n_prompt")
         t = torch.arange(ids.size(1) - 1, device=ids.device)[None, :]
-        keep = (t >= n_prompt[:, None].to(ids.device)) & (t < lengths[:, None] - 1)  # t and t + 1 in the response
+        keep = (t >= n_prompt[:, None].to(ids.device) - 1) & (t < lengths[:, None] - 1)  # t + 1 in the response
         return r + self.lm_scale * self._lm_feature(h, ids, rows, keep)
 
     def forward_packed(self, packed: Packed) -> torch.Tensor:
@@ -141,10 +151,14 @@ class RewardModel(nn.Module):
         r = self.head(self.dropout(h[packed.last[:, 0], packed.last[:, 1]])).squeeze(-1)  # (M,)
         if self.lm_scale is None:
             return r
-        seg = packed.segments[packed.last[:, 0]]  # (M, T) the segments of each response's row
+        rows = packed.last[:, 0]
+        seg = packed.segments[rows]  # (M, T) the segments of each response's row
         k = seg.gather(1, packed.last[:, 1:2])  # (M, 1) the response's own segment
-        keep = (seg[:, :-1] == k) & (seg[:, 1:] == k)  # t and t + 1 in the response, as in `forward`
-        return r + self.lm_scale * self._lm_feature(h, packed.ids, packed.last[:, 0], keep)
+        keep = (seg[:, :-1] == k) & (seg[:, 1:] == k)  # t and t + 1 in the response
+        start = (seg == k).float().argmax(1)  # (M,) the response's first column
+        prompt_end = (seg == 0).sum(1) - 1  # (M,) the prompt's last column, which predicts a first response token
+        first = torch.stack([prompt_end, packed.ids[rows, start]], 1)
+        return r + self.lm_scale * self._lm_feature(h, packed.ids, rows, keep, first)
 
     def normalized(self, ids: torch.Tensor, lengths: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """(raw - bias) / std: SFT demonstrations average 0, the SFT policy's spread is 1."""

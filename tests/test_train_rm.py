@@ -306,7 +306,8 @@ def test_missing_rankings_exit_2_with_one_line(workspace):
 
 
 def test_likelihood_feature_is_the_mean_response_log_prob(world):
-    """r = head(EOS state) + lm_scale * mean log p(response tokens after the first), by hand."""
+    """r = head(EOS state) + lm_scale * mean log p(every response token, the first and the EOS), by hand;
+    a response of EOS alone is scored by log p(EOS | prompt), not by an empty mean (0, the best)."""
     from torch.nn import functional as F
 
     items = items_of(world, 4)
@@ -318,7 +319,14 @@ def test_likelihood_feature_is_the_mean_response_log_prob(world):
         got = rm_lm(ids, lengths, n_prompt) - rm_plain(ids, lengths)
         logp = F.log_softmax(rm_plain.gpt(ids), dim=-1)
         for i, row in enumerate(it.rows):
-            lps = [logp[i, t, row[t + 1]].item() for t in range(it.n_prompt[i], len(row) - 1)]
+            lps = [logp[i, t, row[t + 1]].item() for t in range(it.n_prompt[i] - 1, len(row) - 1)]
             assert got[i].item() == pytest.approx(0.5 * sum(lps) / len(lps), rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="pass n_prompt"):
         rm_lm(ids, lengths)
+    prompt = it.rows[0][: it.n_prompt[0]]
+    eos = world["tok"].eos_id
+    ids, lengths = pad_right([prompt + [eos]], world["tok"].pad_id)
+    with torch.no_grad():
+        got = rm_lm(ids, lengths, torch.tensor([len(prompt)])) - rm_plain(ids, lengths)
+        want = F.log_softmax(rm_plain.gpt(ids), dim=-1)[0, len(prompt) - 1, eos].item()
+    assert got.item() == pytest.approx(0.5 * want, rel=1e-4, abs=1e-5) and want < -1e-3
