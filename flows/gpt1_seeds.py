@@ -21,18 +21,13 @@ its result depends on) equal the current ones is not run again. MLflow: one pare
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import flows  # noqa: F401  (environment defaults before Prefect is imported)
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import StageFailed, run_logged, stage_env
 from flows.scaling import cli
+from flows.seeds import require_up_to_date, run_recorded
 from tasks import tracking
 from tasks.config import ConfigError, compose
 
@@ -79,29 +74,14 @@ def settings(overrides: list[str]) -> dict:
 @task(name="prepare")
 def prepare(parent_id: str | None, stages: list[str]) -> None:
     """The seeds use the pipeline's tokenized data and are pooled with its own fine-tuning runs: DVC
-    must find those stages up to date (`dvc status`, which reads and never runs)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "status", *stages, "--with-deps", "--json"],
-                          env=stage_env(parent_id), capture_output=True, text=True)
-    stale = json.loads(proc.stdout or "null") if proc.returncode == 0 else None
-    if stale is None:
-        raise StageFailed(f"dvc status failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
-    if stale:
-        raise StageFailed(f"stages {', '.join(sorted(stale))} are not up to date: run `make pipeline` first")
+    must find those stages up to date."""
+    require_up_to_date(parent_id, stages, "`make pipeline`")
 
 
 @task(name="run", task_run_name="{name}@{seed}")
 def run_one(name: str, seed: int, module: str, overrides: list[str], parent_id: str | None, record: str, want: dict) -> dict:
-    """One run (pre-training or one task's fine-tuning grid), unless its recorded settings equal `want`
-    (composed in the flow's thread: Hydra's global state is not for threads)."""
-    rec = Path(record)
-    if rec.exists() and json.loads(rec.read_text()) == want:
-        get_run_logger().info("%s@%s: settings unchanged: not run again", name, seed)
-        return {"run": f"{name}@{seed}", "ran": False}
-    rec.unlink(missing_ok=True)  # a half-done run is never taken for a finished one
-    run_logged([sys.executable, "-m", module, *overrides], stage_env(parent_id), f"{name}@{seed}")
-    rec.parent.mkdir(parents=True, exist_ok=True)
-    rec.write_text(json.dumps(want, indent=1, sort_keys=True) + "\n")
-    return {"run": f"{name}@{seed}", "ran": True}
+    """One run (pre-training or one task's fine-tuning grid), unless its recorded settings equal `want`."""
+    return run_recorded(f"{name}@{seed}", module, overrides, parent_id, record, want)
 
 
 @task(name="report")

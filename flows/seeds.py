@@ -65,33 +65,42 @@ def settings(overrides: list[str]) -> dict:
     return {k: cfg[k] for k in RESULT_SECTIONS}
 
 
-@task(name="prepare")
-def prepare(parent_id: str | None) -> None:
-    """Every seed starts from the pipeline's SFT policy and reward model: DVC must find them up to
-    date (`dvc status`, which reads and never runs, so another run in the workspace is not disturbed)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "status", "train_rm", "--with-deps", "--json"],
+def require_up_to_date(parent_id: str | None, stages: list[str], hint: str) -> None:
+    """StageFailed unless DVC finds `stages` and everything upstream of them up to date (`dvc
+    status`, which reads and never runs, so another run in the workspace is not disturbed)."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "status", *stages, "--with-deps", "--json"],
                           env=stage_env(parent_id), capture_output=True, text=True)
     stale = json.loads(proc.stdout or "null") if proc.returncode == 0 else None
     if stale is None:
-        raise StageFailed(f"dvc status train_rm failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        raise StageFailed(f"dvc status {' '.join(stages)} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
     if stale:
-        raise StageFailed(f"stages {', '.join(sorted(stale))} are not up to date: run `make pipeline` (or `dvc repro train_rm`) first")
+        raise StageFailed(f"stages {', '.join(sorted(stale))} are not up to date: run {hint} first")
+
+
+def run_recorded(label: str, module: str, overrides: list[str], parent_id: str | None, record: str, want: dict) -> dict:
+    """`python -m <module> <overrides>` as run `label`, unless `record` holds settings equal to `want`
+    (composed in the flow's thread: Hydra's global state is not for threads); written once it succeeds."""
+    rec = Path(record)
+    if rec.exists() and json.loads(rec.read_text()) == want:
+        get_run_logger().info("%s: settings unchanged: not run again", label)
+        return {"run": label, "ran": False}
+    rec.unlink(missing_ok=True)  # a half-done run is never taken for a finished one
+    run_logged([sys.executable, "-m", module, *overrides], stage_env(parent_id), label)
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.write_text(json.dumps(want, indent=1, sort_keys=True) + "\n")
+    return {"run": label, "ran": True}
+
+
+@task(name="prepare")
+def prepare(parent_id: str | None) -> None:
+    """Every seed starts from the pipeline's SFT policy and reward model: DVC must find them up to date."""
+    require_up_to_date(parent_id, ["train_rm"], "`make pipeline` (or `dvc repro train_rm`)")
 
 
 @task(name="method", task_run_name="{method}@{seed}")
 def run_method(method: str, seed: int, overrides: list[str], parent_id: str | None, record: str, want: dict) -> dict:
-    """One (method, seed) run, unless its recorded settings equal `want` (composed in the flow's
-    thread: Hydra's global state is not for threads)."""
-    rec = Path(record)
-    if rec.exists() and json.loads(rec.read_text()) == want:
-        get_run_logger().info("%s@%s: settings unchanged: not run again", method, seed)
-        return {"run": f"{method}@{seed}", "ran": False}
-    rec.unlink(missing_ok=True)  # a half-done run is never taken for a finished one
-    module = "tasks.dpo" if method == "dpo" else "tasks.ppo"
-    run_logged([sys.executable, "-m", module, *overrides], stage_env(parent_id), f"{method}@{seed}")
-    rec.parent.mkdir(parents=True, exist_ok=True)
-    rec.write_text(json.dumps(want, indent=1, sort_keys=True) + "\n")
-    return {"run": f"{method}@{seed}", "ran": True}
+    """One (method, seed) run, unless its recorded settings equal `want`."""
+    return run_recorded(f"{method}@{seed}", "tasks.dpo" if method == "dpo" else "tasks.ppo", overrides, parent_id, record, want)
 
 
 def evaluate_overrides(cfg, seed: int) -> list[str]:
