@@ -80,6 +80,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def digest(path: str | os.PathLike) -> str:
+    """A file's content in 16 hex digits (SHA-256): whether a record was made from this very file."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def read_json(path: str | os.PathLike, missing: str = "") -> dict:
     """Read a JSON object; missing, malformed or non-object input is an InputError naming the file.
 

@@ -24,13 +24,11 @@ from model.stats import paired_interval
 from tasks import tracking
 from tasks.common import InputError, atomic_write_json, atomic_write_text, read_json
 from tasks.config import stage_main
+from tasks.contracts import BARS, FINETUNED
 from tasks.contracts import FINETUNE_INITS as INITS
 from tasks.schema import FinetuneConfig
 
 
-FINETUNED = "pretrain lm0.5"  # GPT-1's claim: fine-tuned from pre-training, with the auxiliary LM loss
-BARS = {"zero-shot": "zero-shot", "baseline": "baseline", "scratch": "scratch lm0.5"}  # bar -> its entry in <task>.items.json
-CEILING = 0.99  # fine-tuned and bar both at or above it: nothing left to beat, the bar counts as cleared
 
 
 def read_metrics(fc: FinetuneConfig) -> dict:

@@ -10,7 +10,7 @@ code from that seed's pre-training). An items file holds, per test row, whether 
 rows are the same in every seed.
 
 Per task, bar and seed: the fine-tuned model (from pre-training, λ = 0.5) minus the bar on the rows
-both scored, with its paired 95% half-width 1.96·sd(dᵢ)/√n (`tasks.finetune_report.versus`).
+both scored, with its paired 95% half-width 1.96·sd(dᵢ)/√n (as `tasks.finetune_report.versus`).
 Pooled: per test row the right/wrong of each averaged over the seeds, then the paired interval
 over rows (the interval holds the rows' spread, the mean the seeds' average), as tasks/seeds.py
 pools the RLHF seeds. A bar is cleared when the pooled difference exceeds its half-width, or when
@@ -23,16 +23,15 @@ file, so the report can tell a record of other fine-tuning runs) and `gpt1_seeds
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from model import stats
-from tasks.common import InputError, atomic_write_json, atomic_write_text, markdown_table, read_json
+from tasks.common import InputError, atomic_write_json, atomic_write_text, digest, markdown_table, read_json
 from tasks.config import stage_main
-from tasks.finetune_report import BARS, CEILING, FINETUNED, versus
+from tasks.contracts import BARS, CEILING, FINETUNED
 from tasks.schema import GPT1SeedsConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 
@@ -53,10 +52,6 @@ def pretrain_files(cfg) -> dict[int, Path]:
     for s in cfg.gpt1_seeds.seeds:
         out[int(s)] = Path(cfg.gpt1_seeds.metrics_dir) / str(s) / "pretrain.json"
     return out
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def read_items(path: Path) -> dict[str, str]:
@@ -141,7 +136,8 @@ def run(cfg) -> dict:
         pooled = {bar: pool(per_seed, bar) for bar in BARS}
         judged = [p for p in pooled.values() if p is not None]
         ok = (all(p["ok"] for p in judged) and pooled["baseline"] is not None and pooled["scratch"] is not None) if judged else None
-        tasks[task] = {"seeds": list(per_seed), "per_seed": {str(s): versus(c) for s, c in per_seed.items()},
+        tasks[task] = {"seeds": list(per_seed), "per_seed": {str(s): {bar: p for bar in BARS if (p := pool({s: c}, bar))}
+                                                             for s, c in per_seed.items()},
                        "pooled": pooled, "ok": ok}
     pretrain = {str(s): (read_json(p) if p.is_file() else None) for s, p in pretrain_files(cfg).items()}
     report = {"seeds": [root, *map(int, gs.seeds)], "root_seed": root, "root_items": root_items, "missing": missing,

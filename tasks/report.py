@@ -29,8 +29,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.finetune_report import CEILING
-from tasks.gpt1_seeds import digest
+from tasks.common import digest
+from tasks.contracts import CEILING
 from tasks.world.prompts import IN_CONTEXT_ONLY
 
 STAMP_END = "<!-- end of stamp -->"
