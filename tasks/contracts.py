@@ -11,3 +11,8 @@ FINETUNE_INITS = ("pretrain", "scratch")  # where fine-tuning starts: pre-traine
 FINETUNED = "pretrain lm0.5"
 BARS = {"zero-shot": "zero-shot", "baseline": "baseline", "scratch": "scratch lm0.5"}
 CEILING = 0.99
+
+
+def bar_cleared(diff: float, ci95: float, bar_acc: float) -> bool:
+    """Fine-tuned minus a bar clears it: beyond the paired half-width, or both at CEILING or above."""
+    return diff > ci95 or min(bar_acc, bar_acc + diff) >= CEILING

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from model import stats
 from tasks.common import InputError, atomic_write_json, atomic_write_text, digest, markdown_table, read_json
 from tasks.config import stage_main
-from tasks.contracts import BARS, CEILING, FINETUNED
+from tasks.contracts import BARS, FINETUNED, bar_cleared
 from tasks.schema import GPT1SeedsConfig  # noqa: F401  (the section's schema lives in tasks/schema.py)
 
 
@@ -63,11 +63,6 @@ def read_items(path: Path) -> dict[str, str]:
     return correct
 
 
-def cleared(diff: float, ci95: float, bar_acc: float) -> bool:
-    """The single run's rule: the difference beyond its half-width, or both at the ceiling."""
-    return diff > ci95 or min(bar_acc, bar_acc + diff) >= CEILING
-
-
 def pool(per_seed: dict[int, dict[str, str]], bar: str) -> dict | None:
     """The fine-tuned model against one bar over every seed that ran both: per row the mean over seeds."""
     seeds = [s for s, c in per_seed.items() if FINETUNED in c and BARS[bar] in c]
@@ -84,7 +79,7 @@ def pool(per_seed: dict[int, dict[str, str]], bar: str) -> dict | None:
     diff, ci95 = stats.paired_interval(mine, other)
     acc = sum(other) / len(other)
     return {"seeds": seeds, "acc": acc, "finetuned": sum(mine) / len(mine), "diff": diff, "ci95": ci95, "n": len(rows),
-            "ok": cleared(diff, ci95, acc)}
+            "ok": bar_cleared(diff, ci95, acc)}
 
 
 def points(v: dict | None) -> str:

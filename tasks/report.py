@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.common import digest
-from tasks.contracts import CEILING
+from tasks.contracts import CEILING, bar_cleared
 from tasks.world.prompts import IN_CONTEXT_ONLY
 
 STAMP_END = "<!-- end of stamp -->"
@@ -249,7 +249,7 @@ def finetune_goals(m: Path) -> dict[str, dict]:
         bars = {}
         for name in GPT1_BARS:
             v = vs.get(name)
-            bars[name] = None if v is None else {**v, "ok": v["diff"] > v["ci95"] or min(v["acc"], v["acc"] + v["diff"]) >= CEILING}
+            bars[name] = None if v is None else {**v, "ok": bar_cleared(v["diff"], v["ci95"], v["acc"])}
         ok = None if not vs else all(b["ok"] for b in bars.values() if b) and bars["baseline"] is not None and bars["scratch"] is not None
         out[task] = {"acc": mine, "bars": bars, "ok": ok, "seeds": 1}
     return out
