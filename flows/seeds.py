@@ -15,7 +15,7 @@ sampling seeded by the run's seed), and `tasks.seeds` pools them with the pipeli
 95% interval over prompts, per seed and pooled, and the verdicts RESULTS.md states.
 
 A run whose recorded settings (`<metrics_dir>/<seed>/<method>.settings.json`: the resolved
-sections its result depends on) equal the current ones and whose outputs exist is not run again.
+sections its result depends on, of `ppo` only its own variant) equal the current ones and whose outputs exist is not run again.
 MLflow: one parent run `seeds`, each stage's run nested under it.
 """
 
@@ -58,11 +58,20 @@ def method_overrides(cfg, method: str, seed: int) -> list[str]:
     return [f"ppo.variant={method}", f"ppo.seed={seed}", f"ppo.models_dir={out}", f"ppo.metrics_dir={met}", "ppo.progress=false"]
 
 
-def settings(overrides: list[str]) -> dict:
+def settings(overrides: list[str], method: str | None = None) -> dict:
+    """The resolved sections a run's result depends on. For one method: a PPO variant's `ppo`
+    section is that variant alone (the base with its overrides, no other variant), and DPO's
+    has no `ppo` at all, so changing one variant reruns that variant only."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(compose(overrides), resolve=True)
-    return {k: cfg[k] for k in RESULT_SECTIONS}
+    out = {k: cfg[k] for k in RESULT_SECTIONS}
+    if method == "dpo":
+        del out["ppo"]
+    elif method is not None:
+        ppo = {k: v for k, v in out["ppo"].items() if k != "variants"}
+        out["ppo"] = {**ppo, **cfg["ppo"]["variants"][method]}
+    return out
 
 
 def require_up_to_date(parent_id: str | None, stages: list[str], hint: str) -> None:
@@ -146,7 +155,7 @@ def seeds(overrides: list[str] | None = None) -> dict:
                 before = [runs[i - c]] if c > 0 and i >= c else []
                 ov = overrides + method_overrides(cfg, method, seed)
                 record = f"{cfg.seeds.metrics_dir}/{seed}/{method}.settings.json"
-                runs.append(run_method.submit(method, seed, ov, parent_id, record, settings(ov), wait_for=before))
+                runs.append(run_method.submit(method, seed, ov, parent_id, record, settings(ov, method), wait_for=before))
                 by_seed.setdefault(seed, []).append(runs[-1])
         evals = [run_evaluate.submit(seed, overrides + evaluate_overrides(cfg, seed), parent_id, wait_for=futs)
                  for seed, futs in by_seed.items()]

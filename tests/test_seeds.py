@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.seeds import check_methods, evaluate_overrides, method_overrides
+from flows.seeds import check_methods, evaluate_overrides, method_overrides, settings
 from tasks import seeds
 from tasks.common import InputError, write_jsonl
 from tasks.config import ConfigError, compose
@@ -74,6 +74,16 @@ def test_flow_overrides_write_under_the_seed_and_evaluate_only_its_policies():
         check_methods(compose(["seeds.methods=[nope]"]))
     with pytest.raises(ConfigError, match="must be distinct and differ from the pipeline's seed"):
         check_methods(compose(["seeds.seeds=[1337]"]))
+
+
+def test_a_run_is_keyed_by_its_own_variant_only():
+    """Changing one PPO variant's overrides reruns that variant alone; DPO reads no PPO setting."""
+    base, gold = [], ["ppo.variants.ppo_gold.beta=0.3"]
+    assert settings(base, "ppo_gold") != settings(gold, "ppo_gold")
+    assert settings(gold, "ppo_gold")["ppo"]["beta"] == 0.3 and "variants" not in settings(gold, "ppo_gold")["ppo"]
+    assert settings(base, "ppo_ptx") == settings(gold, "ppo_ptx") and settings(base, "dpo") == settings(gold, "dpo")
+    assert settings(base, "ppo_ptx")["ppo"]["ptx_coef"] == compose([]).ppo.variants.ppo_ptx.ptx_coef
+    assert "ppo" not in settings(base, "dpo") and settings(["ppo.lr=1e-5"], "ppo_ptx") != settings(base, "ppo_ptx")
 
 
 @pytest.mark.slow
