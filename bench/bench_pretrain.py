@@ -1,6 +1,6 @@
 """Training throughput: our GPT vs transformers' GPT2LMHeadModel, same config, data and optimizer.
 
-    .venv/bin/python bench/bench_pretrain.py [--steps 20] [--threads 2] [--block-size 512 --batch 8 --short-fraction 0.75]
+    .venv/bin/python bench/bench_pretrain.py [--steps 20] [--threads 2] [--block-size 512 --batch 8 --short-fraction 0.75] [--bf16]
 
 The default shape is the default pipeline's pre-training step (conf/pretrain.yaml, conf/model/tiny.yaml):
 8 windows of 512 tokens, 6 of them (short_fraction 0.75) cut into 128-token pieces, vocabulary 1,300.
@@ -11,6 +11,7 @@ machine slows every contender alike; tokens/s come from the median and the best 
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,14 @@ def hf_loss(model, x, y):
     return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
 
 
+def autocast_bf16(loss_fn):
+    """The same loss under CPU bf16 autocast (`pretrain.dtype=bfloat16`): matmuls in bf16, fp32 weights."""
+    def loss(model, x, y):
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            return loss_fn(model, x, y)
+    return loss
+
+
 def window_loss(loss_fn, model, x, y, n_short: int, short: int):
     """tasks/pretrain.py's step: the first n_short windows cut into `short`-token pieces (attention
     within each piece), the rest whole; the mean over every window's tokens."""
@@ -56,6 +65,7 @@ def main():
     ap.add_argument("--short-fraction", type=float, default=0.75, help="share of the windows cut into --short-block pieces")
     ap.add_argument("--short-block", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=1300)
+    ap.add_argument("--bf16", action="store_true", help="also ours and transformers eager under bf16 autocast (pretrain.dtype=bfloat16)")
     args = ap.parse_args()
     n_short = round(args.short_fraction * args.batch)
     if n_short and args.block_size % args.short_block:
@@ -81,6 +91,10 @@ def main():
                 print(f"transformers {impl}: unavailable ({e})")
                 continue
             contenders[f"transformers {impl}"] = (hf, hf_loss)
+    if args.bf16:
+        contenders["ours, bf16 autocast"] = (copy.deepcopy(ours), autocast_bf16(ours_loss))
+        if "transformers eager" in contenders:
+            contenders["transformers eager, bf16"] = (copy.deepcopy(contenders["transformers eager"][0]), autocast_bf16(hf_loss))
 
     g = torch.Generator().manual_seed(0)
     data = torch.randint(config.vocab_size, (args.warmup + args.steps, args.batch, config.block_size + 1), generator=g)
@@ -111,10 +125,10 @@ def main():
         f"vocab {config.vocab_size}, {args.threads} threads, "
         f"{args.steps} interleaved steps, torch {torch.__version__}, transformers {transformers.__version__}"
     )
-    print(f"{'model':<22}{'tokens/s (median)':>19}{'ours / this':>13}{'tokens/s (best)':>17}{'ours / this':>13}")
+    print(f"{'model':<27}{'tokens/s (median)':>19}{'ours / this':>13}{'tokens/s (best)':>17}{'ours / this':>13}")
     for name in contenders:
         print(
-            f"{name:<22}{med[name]:>19,.0f}{med[ref] / med[name]:>12.2f}x"
+            f"{name:<27}{med[name]:>19,.0f}{med[ref] / med[name]:>12.2f}x"
             f"{best[name]:>17,.0f}{best[ref] / best[name]:>12.2f}x"
         )
 
