@@ -29,8 +29,6 @@ from tasks.contracts import FINETUNE_INITS as INITS
 from tasks.schema import FinetuneConfig
 
 
-
-
 def read_metrics(fc: FinetuneConfig) -> dict:
     merged = {}
     for task in fc.tasks:
