@@ -3,11 +3,13 @@
     python -m tasks.scaling experiment=scaling     # (re)write the report from what flows.scaling left
 
 Reads, for every size of `scaling.sizes`, `<out_dir>/<size>/` (the checkpoint: parameter
-counts) and `<metrics_dir>/<size>/{pretrain,prompt_eval}.json`; writes `scaling.report_file`
+counts, and the copy probe of model/induction.py run on it: Olsson et al.'s repeated random
+tokens, whether the model can copy from its context at all) and `<metrics_dir>/<size>/{pretrain,prompt_eval}.json`; writes `scaling.report_file`
 (markdown) and `scaling.plot_file` (three panels: mean accuracy against k, one line per size;
 the few-shot gain, the largest k minus k=0 on the same items, against non-embedding
 parameters, one line per task and the mean; the ICL score of Olsson et al. 2022, late minus
-early loss on held-out windows as pre-training measured it, against non-embedding parameters).
+early loss on held-out windows as pre-training measured it, and the copy score, against
+non-embedding parameters).
 A size with no results is an InputError naming its missing file (run `python -m flows.scaling` first).
 """
 
@@ -20,34 +22,43 @@ import subprocess
 from pathlib import Path
 
 from tasks.common import InputError, atomic_write_text, read_json
+from tasks.induction import copy_probe
 from tasks.config import stage_main
 
 EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight")
 
 
-def param_counts(folder: Path) -> tuple[int, int]:
+def param_counts(model) -> tuple[int, int]:
     """(all parameters, non-embedding parameters: without the token and position embeddings)."""
-    from model.load import from_pretrained
-
-    model = from_pretrained(folder)
     total = model.num_params()
     emb = sum(p.numel() for n, p in model.named_parameters() if n in EMBEDDINGS)
     return total, total - emb
 
 
+def copy_length(cfg, block_size: int) -> int:
+    """The copy probe's sequence length: `scaling.copy_probe.length`, or less where two copies would not fit the window."""
+    return max(2, min(cfg.scaling.copy_probe.length, (block_size - 1) // 2))
+
+
 def collect(cfg) -> list[dict]:
     """One record per size: its shape, parameter counts, pre-training and prompt_eval results."""
+    from model.load import from_pretrained
+
     sc = cfg.scaling
     out = []
     for size in sc.sizes:
         met = Path(sc.metrics_dir) / size.name
         pre = read_json(met / "pretrain.json", "run `python -m flows.scaling` first")
         pe = read_json(met / "prompt_eval.json", "run `python -m flows.scaling` first")
-        total, non_emb = param_counts(Path(sc.out_dir) / size.name)
+        folder = Path(sc.out_dir) / size.name
+        model = from_pretrained(folder)
+        total, non_emb = param_counts(model)
+        copy = copy_probe(model, folder, sc.copy_probe.length, sc.copy_probe.sequences, cfg.seed)
         (results,) = pe.values()  # {model name: {task: {k<k>: metrics}}}, one model
         out.append({"name": size.name, "n_layer": size.n_layer, "n_embd": size.n_embd, "params": total,
                     "non_embedding": non_emb, "val_loss": pre["val_loss"], "tokens": pre["tokens_seen"], "tasks": results,
-                    "icl_score": pre.get("icl_score"), "icl_score_long": pre.get("icl_score_long")})  # None: an older pretrain.json
+                    "icl_score": pre.get("icl_score"), "icl_score_long": pre.get("icl_score_long"),  # None: an older pretrain.json
+                    "copy_score": copy.score, "copy_accuracy": copy.accuracy})
     return out
 
 
@@ -62,6 +73,10 @@ def icl_positions(cfg) -> str:
 
 def signed(x: float | None) -> str:
     return "–" if x is None else f"{x:+.3f}"
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
 
 
 def shots(records: list[dict]) -> list[int]:
@@ -84,9 +99,9 @@ def markdown(records: list[dict], cfg) -> str:
     ks = shots(records)
     top = ks[-1]
     lines = [
-        "| size | layers | width | non-embedding params | params | val loss | ICL score | ICL score, long documents | "
+        "| size | layers | width | non-embedding params | params | val loss | ICL score | ICL score, long documents | copy score | copy accuracy | "
         + " | ".join(f"mean acc k={k}" for k in ks) + f" | mean gain k={top} − k={ks[0]} | tasks with gain > its 95% CI |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ks) + "---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ks) + "---:|---:|",
     ]
     for r in records:
         gains = [by_k[f"k{top}"] for by_k in r["tasks"].values() if "gain" in by_k.get(f"k{top}", {})]
@@ -94,6 +109,7 @@ def markdown(records: list[dict], cfg) -> str:
         mean_gain = sum(g["gain"] for g in gains) / max(1, len(gains))
         lines.append(f"| {r['name']} | {r['n_layer']} | {r['n_embd']} | {fmt_params(r['non_embedding'])} | {fmt_params(r['params'])} | "
                      f"{r['val_loss']:.3f} | {signed(r['icl_score'])} | {signed(r['icl_score_long'])} | "
+                     f"{signed(r.get('copy_score'))} | {pct(r.get('copy_accuracy'))} | "
                      + " | ".join(f"{mean_acc(r, k):.3f}" for k in ks)
                      + f" | {mean_gain:+.3f} | {sig}/{len(gains)} |")
     lines += ["", f"Accuracy by task and k; the last column is the paired gain k={top} − k={ks[0]} ± its 95% half-width "
@@ -146,14 +162,15 @@ def plot(records: list[dict]):
     b.set_ylabel(f"accuracy k={top} − k={ks[0]}")
     b.set_title("Few-shot gain against parameters")
     b.legend(fontsize=6, ncol=2)
-    for key, style, label in (("icl_score", "ko-", "all windows"), ("icl_score_long", "s--", "inside one long document")):
+    for key, style, label in (("icl_score", "ko-", "all windows"), ("icl_score_long", "s--", "inside one long document"),
+                              ("copy_score", "^:", "repeated random tokens (copy score)")):
         pts = [(r["non_embedding"], r[key]) for r in records if r.get(key) is not None]
         if pts:
             c.plot(*zip(*pts), style, label=label)
     c.axhline(0, color="grey", linestyle=":", linewidth=1)
     c.set_xscale("log")
     c.set_xlabel("non-embedding parameters")
-    c.set_ylabel("late − early loss (nats/token)")
+    c.set_ylabel("late − early / 2nd − 1st copy loss (nats/token)")
     c.set_title("ICL score against parameters (lower: more)")
     c.legend(fontsize=8)
     fig.tight_layout()
@@ -185,7 +202,11 @@ def run(cfg) -> dict[str, float]:
         f"scored by prompt_eval at k = {', '.join(map(str, ks))} on {cfg.prompt_eval.max_items} items per task. "
         f"The ICL score (Olsson et al. 2022) is pre-training's {icl_positions(cfg)} on {cfg.pretrain.icl.windows} held-out windows "
         "that start at document starts (negative: later tokens are predicted better, from the context before them); "
-        "long documents: windows inside one document long enough to reach the late positions (– when there is none).",
+        "long documents: windows inside one document long enough to reach the late positions (– when there is none). "
+        f"Copy score (Olsson et al.'s induction test): the loss on the second copy of {cfg.scaling.copy_probe.sequences} sequences of "
+        f"random tokens repeated twice, minus that on the first copy (nats; {copy_length(cfg, cfg.model.block_size)} tokens each, "
+        "drawn from the vocabulary without the special tokens); negative: the model copies from its context. Copy "
+        "accuracy: the second copy's tokens predicted exactly (a model that copies nothing: about 1 / vocabulary).",
         "",
         f"![accuracy against k, few-shot gain and ICL score against parameters]({Path(sc.plot_file).name})",
         "",
@@ -210,6 +231,8 @@ def run(cfg) -> dict[str, float]:
         out[f"{r['name']}/mean_gain_k{top}"] = mean_acc(r, top) - mean_acc(r, ks[0])
         if r["icl_score"] is not None:
             out[f"{r['name']}/icl_score"] = r["icl_score"]
+        out[f"{r['name']}/copy_score"] = r["copy_score"]
+        out[f"{r['name']}/copy_accuracy"] = r["copy_accuracy"]
     return out
 
 

@@ -548,6 +548,14 @@ class ScalingSize:
 
 
 @dataclass
+class CopyProbe:
+    """Olsson et al.'s repeated random tokens (model/induction.py), run on each size's checkpoint by the report."""
+
+    length: Count  # tokens per copy (fewer where two copies and EOS would not fit the window)
+    sequences: Count
+
+
+@dataclass
 class ScalingConfig:
     """The scaling experiment: the default corpus pre-trained at several model sizes (`flows/scaling.py`)."""
 
@@ -558,6 +566,7 @@ class ScalingConfig:
     metrics_dir: str
     report_file: str
     plot_file: str
+    copy_probe: CopyProbe
 
 
 # --- seeds (flows/seeds.py: not a stage of the default DAG) ---------------------------

@@ -30,6 +30,7 @@ SHARED = {
     "tasks.resume",  # where a long stage keeps its unfinished run, and whether to continue it
     "tasks.prompting",  # tasks written as prompts: rendering and scoring (prompt_eval, evaluate)
     "tasks.zeroshot",  # the bars fine-tuning must clear, on its own test rows (finetune)
+    "tasks.induction",  # the copy probe on a checkpoint (scaling; also a command of its own)
 }
 
 

@@ -31,11 +31,14 @@ def test_scaling_flow_trains_each_size_and_reports(project, prefect_harness):
         assert "gain" in by_task["sentiment"]["k2"]
         assert result[f"{name}/icl_score"] == pre["icl_score"] and pre["icl_windows"] > 0  # measured by each size's pretrain
         assert (project / f"metrics/scaling/{name}/pretrain_position_loss.csv").is_file()
+        assert result[f"{name}/copy_score"] < 5 and 0 <= result[f"{name}/copy_accuracy"] <= 1  # the copy probe ran on the checkpoint
         sizes[name] = result[f"{name}/non_embedding"]
     # non-embedding parameters: 12 d^2 per layer plus biases and norms
     assert 12 * 16**2 <= sizes["a"] < 12 * 16**2 * 1.3 and 2 * 12 * 32**2 <= sizes["b"] < 2 * 12 * 32**2 * 1.3
     report = (project / "docs/scaling.md").read_text()
     assert "| a | 1 | 16 |" in report and "| b | 2 | 32 |" in report and "gain k=2" in report
+    assert "| val loss | ICL score | ICL score, long documents | copy score | copy accuracy |" in report
+    assert "31 tokens each" in report  # the copy probe's 50 tokens cut to the smoke window: (64 - 1) // 2
     assert "| val loss | ICL score | ICL score, long documents |" in report and "loss at positions 48–63 − 6–12" in report  # icl 150-200 vs 20-40 scaled to 64 tokens
     assert not (project / "metrics/pretrain_position_loss.csv").exists()  # each size writes its own
     assert (project / "docs/scaling.png").stat().st_size > 5000
@@ -79,7 +82,7 @@ def test_scaling_table_has_the_icl_score_and_the_goal_reads_it(tmp_path):
 
     doc = tmp_path / "scaling.md"
     doc.write_text(markdown(records([0.01, 0.02, 0.05], [-0.1, -0.2, -0.3]), None))
-    assert "| s0 | 1 | 16 | 0.10M | 1.00M | 2.000 | -0.100 | – |" in doc.read_text()
+    assert "| s0 | 1 | 16 | 0.10M | 1.00M | 2.000 | -0.100 | – | – | – |" in doc.read_text()  # no copy probe in these records
     both = scaling_goal(doc)
     assert both.ok is True and both.goal.endswith("the ICL score (late − early loss) falls with every larger size")
     assert both.measured.endswith("; ICL score -0.100 / -0.200 / -0.300 (gain rises: yes; ICL score falls: yes)")

@@ -105,8 +105,8 @@ def test_corpus_kinds_take_their_share_of_the_bytes():
     w = W.build(5, 300_000, **SMALL, corpus_kinds=SHARES)
     total, want = sum(w.corpus_bytes.values()), sum(SHARES.values())
     for kind, share in SHARES.items():
-        assert abs(w.corpus_bytes[kind] / total - share / want) < 0.03, (kind, w.corpus_bytes[kind] / total)
-    pages = sum(w.corpus_bytes[k] for k in C.PAGE_KINDS) / total
+        assert abs(w.corpus_bytes.get(kind, 0) / total - share / want) < 0.03, (kind, w.corpus_bytes.get(kind, 0) / total)
+    pages = sum(w.corpus_bytes.get(k, 0) for k in C.PAGE_KINDS) / total
     assert 0.25 <= pages <= 0.35
 
 
@@ -399,3 +399,20 @@ def test_add_flaws_share_mix_and_every_flawed_demonstration_scores_below_one():
     assert {r["kind"] for r in mood_only if "flaw" in r} == {"mood_sentence"}
     assert all("flaw" in r for r in mood_only if r["kind"] == "mood_sentence")
     assert I.add_flaws(rows, 0.0, {"too_long": 1.0}, random.Random(4)) == rows
+
+
+def test_recall_pages_repeat_their_own_random_words_and_are_off_by_default():
+    """A recall page's repeats are copies of its own opening sequence (from some point on), which
+    differs from page to page; share 0 in the default mix, so the default corpus holds none."""
+    firsts = set()
+    for i in range(60):
+        page = C.recall_page(random.Random(i), C.LeakGuard([]))
+        title, again = next((t, a) for t, a in C._RECALL if (not t or page.startswith(t)) and ("\n" + a + "\n") in page)
+        chunks = page.split("\n" + again + "\n")
+        first = chunks[0][len(title):].strip("\n")
+        assert len(chunks) >= 2 and all(first.endswith(c) for c in chunks[1:]), page
+        firsts.add(first)
+    assert len(firsts) == 60
+    assert SHARES["recall_pages"] == 0
+    w = W.build(5, 100_000, **SMALL, corpus_kinds=SHARES)
+    assert "recall_pages" not in w.corpus_bytes

@@ -13,8 +13,10 @@ page: "good/bad", "thumbs up/thumbs down", "A/B", symbols or made-up words, whic
 drawn per page, so a later label can only be predicted from the earlier ones), `qa_pages` (made-up
 words defined, then asked about; yes/no questions about kinds of things in per-page answer words),
 `glossaries` (opposites, or a made-up language, in per-page formats such as "x -> y", "x : y",
-then quizzed), `counting_pages` (counting exercises in one per-page format) and `long_stories`
-(5-8 people, then questions about facts told many sentences earlier).
+then quizzed), `counting_pages` (counting exercises in one per-page format), `long_stories`
+(5-8 people, then questions about facts told many sentences earlier) and `recall_pages` (a
+sequence of random words said again, whole or from a point in it: only copying from the context
+predicts the repeat, the signal induction heads learn from; Olsson et al. 2022).
 
 The share of each kind is a share of the corpus bytes (`data.corpus_kinds`). Documents come from
 the same generators as the tasks, prompts and instructions, but never contain any of their items:
@@ -36,7 +38,7 @@ from tasks.world import stories as S
 from tasks.world import tasks as T
 
 SHORT_KINDS = ("story_qa", "story_ending", "review", "facts", "paraphrase", "antonyms", "counting", "descriptions", "moods")
-PAGE_KINDS = ("label_pages", "qa_pages", "glossaries", "counting_pages", "long_stories")
+PAGE_KINDS = ("label_pages", "qa_pages", "glossaries", "counting_pages", "long_stories", "recall_pages")
 KINDS = SHORT_KINDS + PAGE_KINDS  # their shares: data.corpus_kinds (conf/data/world.yaml)
 PAGE_BYTES = 1650  # a page's most UTF-8 bytes: ~470 tokens at ~3.5 bytes a token, inside the 512-token window
 
@@ -337,8 +339,31 @@ def long_story(rng: random.Random, guard: LeakGuard) -> str:
     return text + "\n\n" + "\n".join(dict.fromkeys(qa))
 
 
+_RECALL = (("Remember these words:", "Now say them again:"), ("A list to learn:", "From memory:"),
+           ("Say after me:", "Again:"), ("Code:", "Repeat the code:"), ("Shopping list:", "The list once more:"), ("", "Once more:"))
+
+
+def recall_page(rng: random.Random, guard: LeakGuard) -> str:
+    """A sequence of 8-40 random words (real, made-up or number words; one pool per page) in a per-page
+    format, then the same sequence 1-3 more times, each whole or from a random point in it. Nothing but
+    the earlier copy predicts a repeat: the corpus's plainest lesson in copying from the context."""
+    pool = rng.choice((L.ANIMALS + L.OBJECTS + L.FOODS + L.COLOURS + L.PLACES, L.NUMBER_WORDS, None))
+    n = rng.randint(8, 40)
+    seq = [rng.choice(pool) if pool else L.nonce(rng, rng.choice((1, 2, 3))) for _ in range(n)]
+    sep = rng.choice((" ", ", ", " - ", "\n"))
+    title, again = rng.choice(_RECALL)
+    parts = [title, sep.join(seq)] if title else [sep.join(seq)]
+    for _ in range(rng.randint(1, 3)):
+        start = 0 if rng.random() < 0.5 else rng.randrange(n // 2)
+        parts += [again, sep.join(seq[start:])]
+    page = "\n".join(parts)
+    while len(page.encode("utf-8")) > PAGE_BYTES:  # long made-up words: drop the last repeat
+        page = page[: page.rfind("\n" + again)]
+    return page
+
+
 PAGES = {"label_pages": label_page, "qa_pages": qa_page, "glossaries": glossary, "counting_pages": counting_page,
-         "long_stories": long_story}
+         "long_stories": long_story, "recall_pages": recall_page}
 
 
 @functools.cache

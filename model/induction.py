@@ -1,0 +1,62 @@
+"""Copying from the context, measured on sequences no corpus holds (Olsson et al. 2022, "In-context
+learning and induction heads", §3: the loss on a repeated sequence of random tokens).
+
+Each probe sequence is EOS, then `length` tokens drawn uniformly from the ordinary vocabulary
+(never a special token), then the same `length` tokens again. The first copy cannot be predicted
+(its loss is about ln(vocabulary) for any model); the second can, exactly, by a model that finds
+the earlier occurrence of the current token and copies what followed it (an induction head).
+`score` is the mean loss on the second copy minus that on the first, in nats (negative: the model
+copies; about 0: it does not), and `accuracy` the share of the second copy's tokens it predicts
+exactly (argmax), against 1/vocabulary for a model that does not copy. Plain PyTorch, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass
+class RepeatLoss:
+    loss_first: float  # mean loss (nats) on the first copy's tokens 2..length (the first token has no context)
+    loss_second: float  # mean loss on the second copy's tokens
+    score: float  # loss_second - loss_first: negative = the model copies from its context
+    accuracy: float  # share of the second copy's tokens predicted exactly (argmax)
+    sequences: int
+    length: int
+
+
+@torch.no_grad()
+def repeat_loss(model, eos_id: int, low: int, high: int, *, length: int = 50, sequences: int = 32, seed: int = 0,
+                batch_size: int = 16) -> RepeatLoss:
+    """The repeated-random-tokens probe of `model` (a GPT: logits = model(ids)). Tokens are drawn
+    from ids [low, high) by a generator seeded with `seed`; the model runs in eval mode (restored after)."""
+    if length < 2 or sequences < 1:
+        raise ValueError(f"length={length} must be >= 2 and sequences={sequences} >= 1")
+    if not 0 <= low < high:
+        raise ValueError(f"token range [{low}, {high}) is empty")
+    window = getattr(getattr(model, "config", None), "block_size", None)
+    if window is not None and 2 * length + 1 > window:
+        raise ValueError(f"2 x length + 1 = {2 * length + 1} tokens exceed the model's window of {window}")
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(low, high, (sequences, length), generator=g)
+    ids = torch.cat([torch.full((sequences, 1), eos_id), seq, seq], dim=1)  # (N, 2L+1)
+    x, y = ids[:, :-1], ids[:, 1:]  # y[:, :L] is the first copy, y[:, L:] the second
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses, hits = [], []
+    try:
+        for i in range(0, sequences, batch_size):
+            logits = model(x[i : i + batch_size].to(device)).float().cpu()
+            yb = y[i : i + batch_size]
+            losses.append(F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").double())
+            hits.append((logits.argmax(-1) == yb)[:, length:])
+    finally:
+        model.train(was_training)
+    loss = torch.cat(losses)
+    first, second = loss[:, 1:length].mean().item(), loss[:, length:].mean().item()
+    return RepeatLoss(loss_first=first, loss_second=second, score=second - first,
+                      accuracy=torch.cat(hits).double().mean().item(), sequences=sequences, length=length)
