@@ -20,6 +20,11 @@ from model.errors import CheckpointError
 from tasks.common import InputError
 
 
+def probe_length(length: int, block_size: int) -> int:
+    """`length`, or less where two copies and EOS would not fit a window of `block_size` tokens."""
+    return max(2, min(length, (block_size - 1) // 2))
+
+
 def copy_probe(model, folder: Path, length: int, sequences: int, seed: int):
     """The probe on `model` (loaded from `folder`, whose tokenizer.json gives the ids): tokens drawn from
     every id but the special ones; `length` cut to what two copies and EOS leave of the model's window."""
@@ -27,8 +32,8 @@ def copy_probe(model, folder: Path, length: int, sequences: int, seed: int):
     from model.tokenizer import SPECIALS, Tokenizer
 
     tok = Tokenizer.load(folder / "tokenizer.json")
-    length = max(2, min(length, (model.config.block_size - 1) // 2))
-    return repeat_loss(model, tok.eos_id, len(SPECIALS), tok.vocab_size, length=length, sequences=sequences, seed=seed)
+    return repeat_loss(model, tok.eos_id, len(SPECIALS), tok.vocab_size, length=probe_length(length, model.config.block_size),
+                       sequences=sequences, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,12 +4,12 @@
 
 Reads, for every size of `scaling.sizes`, `<out_dir>/<size>/` (the checkpoint: parameter
 counts, and the copy probe of model/induction.py run on it: Olsson et al.'s repeated random
-tokens, whether the model can copy from its context at all) and `<metrics_dir>/<size>/{pretrain,prompt_eval}.json`; writes `scaling.report_file`
-(markdown) and `scaling.plot_file` (three panels: mean accuracy against k, one line per size;
-the few-shot gain, the largest k minus k=0 on the same items, against non-embedding
-parameters, one line per task and the mean; the ICL score of Olsson et al. 2022, late minus
-early loss on held-out windows as pre-training measured it, and the copy score, against
-non-embedding parameters).
+tokens, whether the model can copy from its context at all) and
+`<metrics_dir>/<size>/{pretrain,prompt_eval}.json`; writes `scaling.report_file` (markdown) and
+`scaling.plot_file` (three panels: mean accuracy against k, one line per size; the few-shot
+gain, the largest k minus k=0 on the same items, against non-embedding parameters, one line
+per task and the mean; the ICL score of Olsson et al. 2022, late minus early loss on held-out
+windows as pre-training measured it, and the copy score, against non-embedding parameters).
 A size with no results is an InputError naming its missing file (run `python -m flows.scaling` first).
 """
 
@@ -22,8 +22,8 @@ import subprocess
 from pathlib import Path
 
 from tasks.common import InputError, atomic_write_text, read_json
-from tasks.induction import copy_probe
 from tasks.config import stage_main
+from tasks.induction import copy_probe, probe_length
 
 EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight")
 
@@ -33,11 +33,6 @@ def param_counts(model) -> tuple[int, int]:
     total = model.num_params()
     emb = sum(p.numel() for n, p in model.named_parameters() if n in EMBEDDINGS)
     return total, total - emb
-
-
-def copy_length(cfg, block_size: int) -> int:
-    """The copy probe's sequence length: `scaling.copy_probe.length`, or less where two copies would not fit the window."""
-    return max(2, min(cfg.scaling.copy_probe.length, (block_size - 1) // 2))
 
 
 def collect(cfg) -> list[dict]:
@@ -204,7 +199,7 @@ def run(cfg) -> dict[str, float]:
         "that start at document starts (negative: later tokens are predicted better, from the context before them); "
         "long documents: windows inside one document long enough to reach the late positions (– when there is none). "
         f"Copy score (Olsson et al.'s induction test): the loss on the second copy of {cfg.scaling.copy_probe.sequences} sequences of "
-        f"random tokens repeated twice, minus that on the first copy (nats; {copy_length(cfg, cfg.model.block_size)} tokens each, "
+        f"random tokens repeated twice, minus that on the first copy (nats; {probe_length(cfg.scaling.copy_probe.length, cfg.model.block_size)} tokens each, "
         "drawn from the vocabulary without the special tokens); negative: the model copies from its context. Copy "
         "accuracy: the second copy's tokens predicted exactly (a model that copies nothing: about 1 / vocabulary).",
         "",
