@@ -44,6 +44,23 @@ def paired_interval(a: list[float], b: list[float], z: float = 1.96) -> tuple[fl
     return mean_interval([x - y for x, y in zip(a, b)], z)
 
 
+def stratified_paired_interval(a: dict[str, list[float]], b: dict[str, list[float]], z: float = 1.96) -> tuple[float, float]:
+    """The paired difference of two systems' macro-average over groups (tasks) of items:
+    (1/G)·Σ_g mean_g(a_i − b_i), and its half-width z·√(Σ_g s_g²/n_g)/G, s_g the sd of group g's
+    differences (n − 1). Groups are independent item sets; a and b are aligned item by item within
+    each group. Raises ValueError when the groups or their lengths differ, or there are none."""
+    if set(a) != set(b) or not a:
+        raise ValueError(f"stratified_paired_interval needs the same groups: {sorted(a)} vs {sorted(b)}")
+    means, var = [], 0.0
+    for g in a:
+        if not a[g]:
+            raise ValueError(f"stratified_paired_interval: group {g!r} has no items")
+        m, half = paired_interval(a[g], b[g], z)
+        means.append(m)
+        var += (half / z) ** 2 if math.isfinite(half) else math.inf
+    return sum(means) / len(means), z * math.sqrt(var) / len(means)
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     """Wilson score interval (lo, hi) of the proportion k/n:
     (p̂ + z²/2n ± z·√(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n); None when n = 0."""

@@ -43,7 +43,12 @@ all of SFT's samples, i.e. best-of-1 in expectation) is fitted by d(α − β d)
 run in `curves` (its per-update sampled rollouts, gain over its first row) by d(α − β ln d);
 {run: {form, alpha, beta, peak_kl, peak_oracle_gain, max_kl, points, baseline}}.
 
-Outputs: `metrics_file` ({policy: {...}, "overoptimization": {...}}), `samples_file` (one row per
+The alignment tax of PPO-ptx against PPO's (`tax_pairs`: [a, b] pairs), under the metrics'
+`alignment_tax` key as `<a>_vs_<b>`: a − b in pre-training loss, paired over the same validation
+windows, and in zero-shot prompt-eval accuracy, paired over the same items and stratified by task
+(`model.stats.stratified_paired_interval`), each with its 95% half-width (`..._ci`).
+
+Outputs: `metrics_file` ({policy: {...}, "alignment_tax": {...}, "overoptimization": {...}}), `samples_file` (one row per
 policy and prompt: prompt_id, policy, response, oracle_score, rm_score of the greedy response or
 best-of-n pick, and sampled_oracle_score, the prompt's mean over the samples (best-of-n: its
 pick's); anyone can recompute the table's oracle columns and intervals), `table_file` (markdown), `plot_file`
@@ -62,6 +67,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from model import rl, stats
@@ -117,29 +123,53 @@ def rm_scores(rm: RewardModel, tok, prompts: list[str], responses: list[str], ba
 
 
 @torch.no_grad()
-def pretrain_val_loss(model, data_dir: Path, n: int, seed: int) -> float:
-    """Mean next-token loss on `n` fixed windows of the pre-training validation split."""
+def pretrain_val_loss(model, data_dir: Path, n: int, seed: int) -> tuple[float, list[float]]:
+    """Mean next-token loss on `n` fixed windows of the pre-training validation split, and each
+    window's own mean (the items of a paired comparison between policies)."""
     _, _, val = load_tokens(data_dir)
     T = model.config.block_size
     g = torch.Generator().manual_seed(seed + 1)
     offsets = torch.randint(0, len(val) - T - 1, (n,), generator=g)
-    total = 0.0
+    total, per_window = 0.0, []
     model.eval()
     for b in range(0, n, 32):
         x, y = window_batch(val, offsets[b : b + 32], T)
-        total += float(model(x, y)[1]) * len(x)
-    return total / n
+        logits, loss = model(x, y)
+        total += float(loss) * len(x)
+        per_window += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(len(x), -1).mean(1).tolist()
+    return total / n, per_window
 
 
-def zero_shot_tax(model, tok, ec: EvaluateConfig, cfg) -> dict[str, float]:
-    """Zero-shot accuracy per prompt task (the GPT-2 evaluation, `tasks.prompting`)."""
+def zero_shot_tax(model, tok, ec: EvaluateConfig, cfg) -> tuple[dict[str, float], dict[str, list[bool]]]:
+    """Zero-shot accuracy per prompt task (the GPT-2 evaluation, `tasks.prompting`), and per task
+    whether each scored item was right (in item order: the same items for every policy)."""
     pc: PromptEvalConfig = OmegaConf.to_object(cfg.prompt_eval)
     pc.shots, pc.max_items, pc.too_long = [0], ec.prompt_eval_items, "skip"
     # tasks only examples can teach sit at chance zero-shot by design: they measure no tax
     names = [n for n in pe.check_config(pc) if n not in IN_CONTEXT_ONLY]
-    tasks = [pe.load_task(Path(pc.data_dir), n, pc.tasks[n]) for n in names]
-    results, _ = pe.evaluate(model, tok, tasks, pc)
-    return {task: by_k["k0"]["acc"] for task, by_k in results.items()}
+    acc, hits = {}, {}
+    for name in names:
+        task = pe.load_task(Path(pc.data_dir), name, pc.tasks[name])
+        m, _, h = pe.evaluate_task(model, tok, task, 0, pc)
+        if m is not None:  # no query of the task fits the window: left out, as prompt_eval does
+            acc[name], hits[name] = m["acc"], [h[i] for i in sorted(h)]
+    return acc, hits
+
+
+def tax_comparison(a: dict, b: dict) -> dict[str, float | None]:
+    """Policy a's alignment tax against policy b's, paired on the same items: the pre-training loss
+    difference a − b over the fixed validation windows, and the zero-shot prompt-eval accuracy
+    difference a − b (the macro-average over tasks, stratified by task), each with its 95%
+    half-width. a has the smaller tax beyond noise where loss_diff + its half-width < 0, or
+    acc_diff − its half-width > 0. `a`/`b`: {"loss": [per window], "hits": {task: [bool]}}."""
+    out: dict[str, float | None] = {}
+    d, half = stats.paired_interval(a["loss"], b["loss"])
+    out["pretrain_val_loss_diff"], out["pretrain_val_loss_diff_ci"] = d, finite_or_none(half)
+    if a.get("hits") and b.get("hits"):
+        d, half = stats.stratified_paired_interval({t: [float(x) for x in v] for t, v in a["hits"].items()},
+                                                   {t: [float(x) for x in v] for t, v in b["hits"].items()})
+        out["prompt_eval_acc_diff"], out["prompt_eval_acc_diff_ci"] = d, finite_or_none(half)
+    return out
 
 
 def win_rates(scores: list[float], ref: list[float]) -> tuple[float, float | None]:
@@ -330,7 +360,12 @@ def score_rows(rows: list[dict], picks: list[dict]) -> list[float]:
 def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], dict[str, list[dict]]]:
     rows = read_jsonl(ec.prompts_file)
     rows = rows[: ec.max_prompts] if ec.max_prompts >= 0 else rows
+    for pair in ec.tax_pairs:
+        if len(pair) != 2 or any(p not in ec.policies for p in pair):
+            raise InputError(f"evaluate.tax_pairs: {list(pair)} must name two of evaluate.policies ({', '.join(ec.policies)})")
     ec.policies = {name: path for name, path in ec.policies.items() if path}  # an empty path leaves a policy out
+    # a pair with a policy left out is not measured
+    ec.tax_pairs = [list(pair) for pair in ec.tax_pairs if all(p in ec.policies for p in pair)]
     if ec.reference not in ec.policies:
         raise InputError(f"evaluate.reference={ec.reference!r} is not one of evaluate.policies ({', '.join(ec.policies)})")
     if ec.best_of_n and (ec.best_of_n_from not in ec.policies or min(ec.best_of_n) < 1):
@@ -363,6 +398,7 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
     metrics, samples, scores = {}, [], {}
     sampled_means: dict[str, list[float]] = {}  # per prompt the mean oracle score over the T = 1 samples
     drawn: dict[str, list[list[dict]]] = {}
+    tax_items: dict[str, dict] = {}  # per policy the alignment tax's items: window losses, prompt-eval hits
     for name, model in models.items():
         greedy = respond(model, tok, contexts[name], ec.max_new_tokens, temperature=0.0, batch_size=ec.batch_size)
         texts = [g["text"] for g in greedy]
@@ -395,9 +431,10 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
                      sampled_rm_score=sum(s["rm_score"] for s in every) / len(every),
                      sampled_response_len=sum(len(s["tokens"]) for s in every) / len(every))
             drawn[name] = draws
-        m["pretrain_val_loss"] = pretrain_val_loss(model, Path(ec.pretrain_data), ec.val_windows, ec.seed)
+        tax_items[name] = {}
+        m["pretrain_val_loss"], tax_items[name]["loss"] = pretrain_val_loss(model, Path(ec.pretrain_data), ec.val_windows, ec.seed)
         if ec.prompt_eval_items:
-            m["prompt_eval"] = zero_shot_tax(model, tok, ec, cfg)
+            m["prompt_eval"], tax_items[name]["hits"] = zero_shot_tax(model, tok, ec, cfg)
             m["prompt_eval_acc"] = sum(m["prompt_eval"].values()) / len(m["prompt_eval"])
         metrics[name] = m
         samples += [{"prompt_id": r["id"], "policy": name, "response": t, "oracle_score": s, "rm_score": q,
@@ -448,6 +485,8 @@ def evaluate(cfg, ec: EvaluateConfig, device: str) -> tuple[dict, list[dict], di
         losses = sum(a < b for a, b in zip(scores[name], scores[ref]))
         ci = stats.wilson_interval(wins, wins + losses)
         m["decisive_win_rate_vs_sft_ci"] = None if ci is None else list(ci)
+    for a, b in ec.tax_pairs:
+        metrics.setdefault("alignment_tax", {})[f"{a}_vs_{b}"] = tax_comparison(tax_items[a], tax_items[b])
     curves = {Path(p).stem.removesuffix("_curve"): read_curve(Path(p)) for p in ec.curves if Path(p).is_file()}
     bon_points = best_of_n_points(metrics)
     if bon_points or curves:
@@ -517,6 +556,8 @@ def run(cfg) -> dict:
                 tracking.log_figure(fig, "overoptimization.png")
             for name, m in metrics.items():
                 tracking.log_metrics({f"{name}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and v is not None})
+            for pair, r in metrics.get("alignment_tax", {}).items():
+                tracking.log_metrics({f"alignment_tax/{pair}/{k}": v for k, v in r.items() if v is not None})
             for name, r in fits.items():
                 tracking.log_metrics({f"overoptimization/{name}/{k}": v for k, v in r.items() if isinstance(v, (int, float)) and v is not None})
             tracking.log_artifact(ec.table_file)

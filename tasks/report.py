@@ -429,20 +429,35 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
             goals["recovers_gold"] = Goal(f"PPO-ptx recovers ≥ ½ of the gold-reward run's sampled gain ({src})",
                                           f"{r['gain']:+.3f} vs gold {r['gold_gain']:+.3f}", r["gold_gain"] > 0 and r["gain"] >= 0.5 * r["gold_gain"])
     for name in ("ppo", "ppo_ptx"):
-        c = read(m / "ppo" / f"{name}.json")
-        if c and c["eval"]["before"] and c["eval"]["after"] and c["eval"]["before"].get("rm_score") is not None:
-            b, a = c["eval"]["before"], c["eval"]["after"]
-            drm, dor = a["rm_score"] - b["rm_score"], a["oracle_score"] - b["oracle_score"]
-            goals[f"rm_oracle_{name}"] = Goal(f"{name}: the oracle score rises with the RM score (RM's held-out prompts, greedy)",
-                                              f"RM {drm:+.3f}, oracle {dor:+.3f}", drm > 0 and dor > 0)
+        # on rl_eval against SFT (the policy RL starts from), greedy; the oracle's rise must clear its paired interval
+        p = ev.get(name) or {}
+        if p.get("rm_score") is None or s.get("rm_score") is None or p.get("oracle_score_diff_vs_sft") is None:
+            continue
+        drm = p["rm_score"] - s["rm_score"]
+        pooled = name == "ppo_ptx" and v.get("greedy_wins")
+        dor, ci = (v["greedy_wins"]["greedy_diff"], v["greedy_wins"]["greedy_diff_ci"]) if pooled else \
+            (p["oracle_score_diff_vs_sft"], p.get("oracle_score_diff_vs_sft_ci"))
+        where = src if pooled else "one seed"
+        goals[f"rm_oracle_{name}"] = Goal(f"{name}: the oracle score rises with the RM score (rl_eval, greedy, vs SFT, paired 95% interval; {where})",
+                                          f"RM {drm:+.3f}{' (pipeline seed)' if pooled else ''}, oracle {dor:+.3f}"
+                                          + ("" if ci is None else f" ± {ci:.3f}"),
+                                          None if ci is None else drm > 0 and dor - ci > 0)
     base = ev.get("pretrain_few_shot")
     if base and "ppo" in ev and "ppo_ptx" in ev:
         tax = {n: (ev[n]["pretrain_val_loss"] - base["pretrain_val_loss"], base.get("prompt_eval_acc", 0) - ev[n].get("prompt_eval_acc", 0))
                for n in ("ppo", "ppo_ptx")}
-        goals["tax_loss"] = Goal("PPO-ptx's pre-training loss regression smaller than PPO's", f"{tax['ppo_ptx'][0]:+.3f} vs {tax['ppo'][0]:+.3f}",
-                                 tax["ppo_ptx"][0] < tax["ppo"][0])
-        goals["tax_prompt_eval"] = Goal("PPO-ptx's prompt-eval drop smaller than PPO's", f"{tax['ppo_ptx'][1]:+.3f} vs {tax['ppo'][1]:+.3f}",
-                                        tax["ppo_ptx"][1] < tax["ppo"][1])
+        # paired on the same windows and items (evaluate.tax_pairs); without that record the point values decide nothing
+        pair = (ev.get("alignment_tax") or {}).get("ppo_ptx_vs_ppo") or {}
+        for key, what, diff, sign in (("tax_loss", "pre-training loss regression", "pretrain_val_loss_diff", -1),
+                                      ("tax_prompt_eval", "prompt-eval drop", "prompt_eval_acc_diff", 1)):
+            i = 0 if key == "tax_loss" else 1
+            text = f"{tax['ppo_ptx'][i]:+.3f} vs {tax['ppo'][i]:+.3f}"
+            d, ci = pair.get(diff), pair.get(f"{diff}_ci")
+            if d is None or ci is None:
+                goals[key] = Goal(f"PPO-ptx's {what} smaller than PPO's, paired 95% interval", text + " (no paired interval: rerun evaluate)", None)
+            else:
+                goals[key] = Goal(f"PPO-ptx's {what} smaller than PPO's, paired 95% interval",
+                                  f"{text}; PPO-ptx − PPO {d:+.3f} ± {ci:.3f}", sign * d - ci > 0)
     return goals
 
 

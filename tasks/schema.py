@@ -521,6 +521,7 @@ class EvaluateConfig:
     val_windows: int
     prompt_eval_items: int
     sampled_n: Natural
+    tax_pairs: list[list[str]]
     best_of_n: list[Count]
     best_of_n_from: str
     curves: list[str]

@@ -61,8 +61,9 @@ def test_evaluate_every_policy(policies):
     metrics = evaluate.run(cfg)
     assert {"sft", "ppo", "ppo_ptx", "ppo_gold", "dpo"} <= set(cfg.evaluate.policies)
     assert list(metrics) == ["pretrain_few_shot", *cfg.evaluate.policies, "best_of_1", "best_of_4", "best_of_16",
-                             "oracle_best_of_1", "oracle_best_of_4", "oracle_best_of_16", "overoptimization"]
+                             "oracle_best_of_1", "oracle_best_of_4", "oracle_best_of_16", "alignment_tax", "overoptimization"]
     metrics.pop("overoptimization")
+    metrics.pop("alignment_tax")
     for name, m in metrics.items():
         for key in evaluate.TABLE_KEYS:
             assert key in m, (name, key)
@@ -86,6 +87,27 @@ def test_evaluate_every_policy(policies):
     assert metrics["best_of_4"]["pretrain_val_loss"] == sft["pretrain_val_loss"]
     assert metrics["best_of_1"]["rm_score"] <= metrics["best_of_4"]["rm_score"] <= metrics["best_of_16"]["rm_score"]
     assert Path("metrics/overoptimization.png").stat().st_size > 0
+    # the alignment tax of each evaluate.tax_pairs pair, paired on the same windows and items
+    assert cfg.evaluate.tax_pairs == [["ppo_ptx", "ppo"]]
+    tax = json.loads(Path("metrics/evaluate.json").read_text())["alignment_tax"]["ppo_ptx_vs_ppo"]
+    assert tax["pretrain_val_loss_diff"] == pytest.approx(metrics["ppo_ptx"]["pretrain_val_loss"] - metrics["ppo"]["pretrain_val_loss"], abs=1e-5)
+    assert tax["prompt_eval_acc_diff"] == pytest.approx(metrics["ppo_ptx"]["prompt_eval_acc"] - metrics["ppo"]["prompt_eval_acc"])
+    assert tax["pretrain_val_loss_diff_ci"] > 0 and tax["prompt_eval_acc_diff_ci"] >= 0
+
+
+def test_tax_comparison_hand_example():
+    a = {"loss": [1.0, 2.0, 3.0], "hits": {"t": [True, True, False, True]}}
+    b = {"loss": [2.0, 3.0, 5.0], "hits": {"t": [False, True, False, False]}}
+    out = evaluate.tax_comparison(a, b)
+    assert out["pretrain_val_loss_diff"] == pytest.approx(-4 / 3)
+    assert out["pretrain_val_loss_diff_ci"] == pytest.approx(1.96 * math.sqrt((1 / 9 + 1 / 9 + 4 / 9) / 2 / 3))
+    assert out["prompt_eval_acc_diff"] == pytest.approx(0.5)
+    assert "prompt_eval_acc_diff" not in evaluate.tax_comparison({"loss": [1.0, 2.0]}, {"loss": [1.0, 1.0]})
+
+
+def test_tax_pairs_name_policies(policies):
+    with pytest.raises(InputError, match="evaluate.tax_pairs"):
+        evaluate.run(compose([*QUICK, "evaluate.tax_pairs=[[ppo_ptx,nope]]"]))
 
 
 def write_curve(path: str, d: list[float], law, extra: str = "") -> None:
@@ -108,7 +130,7 @@ def test_sampled_columns_intervals_oracle_best_of_n_and_overoptimization(policie
     assert [k for k in metrics if k.startswith("best_of_")] == [f"best_of_{n}" for n in ns]
     assert [k for k in metrics if k.startswith("oracle_best_of_")] == [f"oracle_best_of_{n}" for n in ns]
     for name, m in metrics.items():
-        if name == "overoptimization":
+        if name in ("overoptimization", "alignment_tax"):
             continue
         for key in ("sampled_oracle_score", "sampled_perfect_rate", "sampled_rm_score", "oracle_score_diff_vs_sft",
                     "oracle_score_diff_vs_sft_ci", "sampled_oracle_score_diff_vs_sft", "sampled_oracle_score_diff_vs_sft_ci",
@@ -146,7 +168,7 @@ def test_sampled_columns_intervals_oracle_best_of_n_and_overoptimization(policie
     assert "| ppo | rl |" in md and "| 64 |" in md
     table = Path("metrics/evaluate_table.md").read_text()
     assert "| oracle_best_of_64 |" in table and "sampled_oracle_score" in table and " ± " in table
-    assert len(evaluate.table_rows(metrics)) == len(metrics) - 1  # the overoptimization entry is no row
+    assert len(evaluate.table_rows(metrics)) == len(metrics) - 2  # the overoptimization and alignment_tax entries are no rows
 
 
 def test_best_of_1_is_plain_sampling_with_the_same_seed(policies):

@@ -200,3 +200,44 @@ def test_seeds_of_another_sft_policy_are_not_the_verdict(tmp_path):
     m = rlhf_metrics(tmp_path / "c", seeds_sft=0.54, seeds_ptx=0.57)
     assert "other policies" in rlhf_goals(m)["sampled_gain"].goal
     assert "another ppo_ptx policy: its sampled score at seed 1 0.57 vs 0.55" in seeds_section(m)
+
+
+def test_alignment_tax_is_met_only_beyond_its_paired_interval(tmp_path):
+    """PPO-ptx's smaller tax than PPO's is judged by the paired comparison evaluate writes
+    (`alignment_tax`), never by the two point values alone."""
+    def goals(pair):
+        m = tmp_path / str(len(list(tmp_path.iterdir()))) / "metrics"
+        pol = {"pretrain_val_loss": 1.5, "prompt_eval_acc": 0.40}
+        ev = {"sft": {}, "pretrain_few_shot": {"pretrain_val_loss": 1.0, "prompt_eval_acc": 0.5},
+              "ppo": {"pretrain_val_loss": 3.0, "prompt_eval_acc": 0.30}, "ppo_ptx": pol}
+        if pair is not None:
+            ev["alignment_tax"] = {"ppo_ptx_vs_ppo": pair}
+        write(m / "evaluate.json", ev)
+        g = rlhf_goals(m)
+        return g["tax_loss"], g["tax_prompt_eval"]
+
+    loss, acc = goals(None)  # point values favour PPO-ptx, but no interval: not judged
+    assert loss.ok is None and acc.ok is None and "no paired interval" in loss.measured
+    loss, acc = goals({"pretrain_val_loss_diff": -1.5, "pretrain_val_loss_diff_ci": 0.2,
+                       "prompt_eval_acc_diff": 0.10, "prompt_eval_acc_diff_ci": 0.04})
+    assert loss.ok is True and acc.ok is True and "PPO-ptx − PPO -1.500 ± 0.200" in loss.measured
+    loss, acc = goals({"pretrain_val_loss_diff": -0.1, "pretrain_val_loss_diff_ci": 0.2,  # within the interval
+                       "prompt_eval_acc_diff": 0.10, "prompt_eval_acc_diff_ci": 0.12})
+    assert loss.ok is False and acc.ok is False
+    row = [line for line in headline(tmp_path / "0" / "metrics").splitlines() if "cuts the alignment tax" in line]
+    assert len(row) == 1 and row[0].endswith("| – |")  # the headline: not judged without the interval
+
+
+def test_rm_raises_the_oracle_only_beyond_the_paired_interval(tmp_path):
+    """"Optimising the reward model raises the true score": the RM score up and the oracle score's
+    paired difference from SFT (rl_eval, greedy) above zero beyond its 95% interval."""
+    def goal(diff, ci):
+        m = tmp_path / f"{diff}_{ci}" / "metrics"
+        write(m / "evaluate.json", {"sft": {"rm_score": 0.1}, "ppo": {"rm_score": 0.9, "oracle_score_diff_vs_sft": diff,
+                                                                      "oracle_score_diff_vs_sft_ci": ci}})
+        return rlhf_goals(m)["rm_oracle_ppo"]
+
+    assert goal(0.002, 0.03).ok is False  # a rise within the noise is no rise
+    g = goal(0.05, 0.02)
+    assert g.ok is True and g.measured == "RM +0.800, oracle +0.050 ± 0.020"
+    assert goal(0.05, None).ok is None

@@ -21,6 +21,22 @@ def test_paired_interval_hand_example():
         stats.paired_interval([1, 0], [1])
 
 
+def test_stratified_paired_interval_hand_example():
+    # task x: diffs [1, 0, 1, 1] (mean 0.75, var 0.25); task y: diffs [0, -1] (mean -0.5, var 0.5)
+    a = {"x": [1, 0, 1, 1], "y": [0, 0]}
+    b = {"x": [0, 0, 0, 0], "y": [0, 1]}
+    mean, half = stats.stratified_paired_interval(a, b)
+    assert mean == pytest.approx((0.75 - 0.5) / 2)  # the macro-average: each task weighs the same
+    assert half == pytest.approx(1.96 * math.sqrt(0.25 / 4 + 0.5 / 2) / 2)
+    # one task: the plain paired interval
+    assert stats.stratified_paired_interval({"x": a["x"]}, {"x": b["x"]}) == pytest.approx(stats.paired_interval(a["x"], b["x"]))
+    assert stats.stratified_paired_interval({"x": [1.0, 0.0]}, {"x": [1.0, 0.0]}) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        stats.stratified_paired_interval({"x": [1]}, {"y": [1]})
+    with pytest.raises(ValueError):
+        stats.stratified_paired_interval({"x": []}, {"x": []})
+
+
 def test_mean_interval():
     mean, half = stats.mean_interval([2.0, 4.0, 6.0])
     assert mean == 4.0 and half == pytest.approx(1.96 * 2.0 / math.sqrt(3))
