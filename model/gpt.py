@@ -1,7 +1,9 @@
 """GPT: the decoder-only Transformer of GPT-1 (Radford et al. 2018), GPT-2 (2019) and InstructGPT (2022).
 
 Architecture choices:
-- token embeddings + learned absolute position embeddings (wte, wpe), dropout on their sum;
+- token embeddings + learned absolute position embeddings (wte, wpe), dropout on their sum; or,
+  with `pos_encoding="rope"` (not GPT's: GPT-NeoX's, Su et al. 2021), no wpe and rotary positions
+  applied to each head's queries and keys, so attention scores depend on relative position;
 - n_layer blocks of causal multi-head self-attention and a position-wise MLP (4 * n_embd wide,
   GELU with the tanh approximation, i.e. GPT-2's "gelu_new");
 - norm_position "pre" (GPT-2): x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)); a final ln_f;
@@ -39,6 +41,8 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     norm_position: str = "pre"  # "pre": GPT-2 (LN before each sublayer + final LN); "post": GPT-1 (LN after residual add, no final LN)
     layer_norm_epsilon: float = 1e-5
+    pos_encoding: str = "learned"  # "learned": GPT-1/2's absolute position embeddings (wpe) | "rope": rotary (Su et al. 2021) on q, k
+    rope_base: float = 10000.0  # the rotary frequencies' base (pos_encoding "rope")
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -48,6 +52,10 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"GPTConfig.norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if self.pos_encoding not in ("learned", "rope"):
+            raise ValueError(f"GPTConfig.pos_encoding must be 'learned' or 'rope', got {self.pos_encoding!r}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig.pos_encoding 'rope' needs an even head size, got {self.n_embd // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -133,6 +141,24 @@ class Ragged:
         return x.reshape(self.N * self.T, -1).index_select(0, self.index)
 
 
+def rope_tables(position_ids: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles position x base^(-2i/head_size), as (1 or B, 1, T, head_size)
+    for q and k of shape (B, nh, T, head_size); `position_ids` (T,) or (B, T)."""
+    inv_freq = base ** (-torch.arange(0, head_size, 2, device=position_ids.device, dtype=torch.float32) / head_size)
+    angles = position_ids.float()[..., None] * inv_freq  # (..., T, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    if angles.dim() == 2:
+        angles = angles[None]
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i + hs/2}) of the last dimension by its angle (GPT-NeoX's layout)."""
+    cos, sin = rope
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -143,13 +169,15 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.layer_idx = layer_idx
 
-    def forward(self, x, attn_mask=None, is_causal=True, kv_cache: KVCache | None = None, ragged: Ragged | None = None):
+    def forward(self, x, attn_mask=None, is_causal=True, kv_cache: KVCache | None = None, ragged: Ragged | None = None, rope=None):
         qkv = self.c_attn(x)  # (B, T, 3C), or (M, 3C) with `ragged`
         if ragged is not None:
             qkv = ragged.pad(qkv)
         B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
         qkv = qkv.view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        if rope is not None:  # rotary positions: the cache holds rotated keys
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
         y = F.scaled_dot_product_attention(
@@ -182,11 +210,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.pre_norm = config.norm_position == "pre"
 
-    def forward(self, x, attn_mask=None, is_causal=True, kv_cache=None, ragged: Ragged | None = None):
+    def forward(self, x, attn_mask=None, is_causal=True, kv_cache=None, ragged: Ragged | None = None, rope=None):
         if self.pre_norm:  # GPT-2: the residual stream itself is never normalised
-            x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache, ragged)
+            x = x + self.attn(self.ln_1(x), attn_mask, is_causal, kv_cache, ragged, rope)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, attn_mask, is_causal, kv_cache, ragged))  # GPT-1: normalise after each add
+        x = self.ln_1(x + self.attn(x, attn_mask, is_causal, kv_cache, ragged, rope))  # GPT-1: normalise after each add
         return self.ln_2(x + self.mlp(x))
 
 
@@ -194,10 +222,11 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        self.rope = config.pos_encoding == "rope"
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                **({} if self.rope else {"wpe": nn.Embedding(config.block_size, config.n_embd)}),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 # post-LN blocks already end in a LayerNorm, so GPT-1 has no final one
@@ -262,10 +291,10 @@ class GPT(nn.Module):
                 position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
             else:  # left padding: the first real token is position 0
                 position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))  # (B, T, C)
+        x, rope = self.embed(idx, position_ids)  # (B, T, C)
         attn_mask, is_causal = attention_mask_for(attention_mask, T, past, idx.device)
         for block in self.transformer.h:
-            x = block(x, attn_mask, is_causal, kv_cache)
+            x = block(x, attn_mask, is_causal, kv_cache, None, rope)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.transformer.ln_f(x)
@@ -279,11 +308,27 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds the model's block_size of {self.config.block_size}")
         r = Ragged(lengths, T)
-        pos = torch.arange(T, device=idx.device).expand(N, T)[r.keep]
-        x = self.transformer.drop(self.transformer.wte(idx[r.keep]) + self.transformer.wpe(pos))  # (M, C)
+        if self.rope:  # positions enter in attention, where the rows are padded back to (N, T)
+            x, _ = self.embed(idx[r.keep], None)
+            rope = rope_tables(torch.arange(T, device=idx.device), self._head_size, self.config.rope_base)
+        else:
+            x, rope = self.embed(idx[r.keep], torch.arange(T, device=idx.device).expand(N, T)[r.keep])  # (M, C)
         for block in self.transformer.h:
-            x = block(x, None, True, None, r)
+            x = block(x, None, True, None, r, rope)
         return self.transformer.ln_f(x), r
+
+    @property
+    def _head_size(self) -> int:
+        return self.config.n_embd // self.config.n_head
+
+    def embed(self, idx: torch.Tensor, position_ids: torch.Tensor | None):
+        """The blocks' input (token embedding, plus the position embedding when learned), after dropout,
+        and the rotary tables of `position_ids` (None with learned positions)."""
+        x = self.transformer.wte(idx)
+        if self.rope:
+            rope = None if position_ids is None else rope_tables(position_ids, self._head_size, self.config.rope_base)
+            return self.transformer.drop(x), rope
+        return self.transformer.drop(x + self.transformer.wpe(position_ids)), None
 
     def forward(self, idx, targets=None, *, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None):
         """Logits (B, T, vocab); with `targets` (B, T) also the mean cross-entropy, as (logits, loss).

@@ -127,6 +127,9 @@ def export_hf(checkpoint_dir, out_dir) -> Path:
             f"checkpoint {checkpoint_dir}: norm_position={ckpt.config.norm_position!r} cannot be exported; "
             "Hugging Face GPT-2 is pre-LN only"
         )
+    if ckpt.config.pos_encoding != "learned":
+        raise ValueError(f"checkpoint {checkpoint_dir}: pos_encoding={ckpt.config.pos_encoding!r} cannot be exported; "
+                         "Hugging Face GPT-2 has learned position embeddings only")
     with atomic_folder(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config_to_hf(ckpt.config, ckpt.meta), indent=2) + "\n")
         # no lm_head.weight: GPT-2 ties it to wte on load, exactly as HF's own save_pretrained does

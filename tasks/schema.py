@@ -85,6 +85,8 @@ class ModelConfig:
     bias: bool
     norm_position: Literal["pre", "post"]
     layer_norm_epsilon: Positive
+    pos_encoding: Literal["learned", "rope"]
+    rope_base: Positive
 
 # --- data -----------------------------------------------------------------------------
 

@@ -165,3 +165,13 @@ def test_a_broken_stage_breaks_only_its_own_entry_point(tmp_path):
 
     ok = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [m for m, good in ok.items() if not good] == ["tasks.sft"], proc.stderr[-2000:]
+
+
+def test_the_stage_that_builds_the_model_tracks_its_shape():
+    """pretrain builds the GPT from the `model` section (every later stage reads the shape from a
+    checkpoint): a change there (`dvc exp run -S model.pos_encoding=rope`) must rerun it."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "model" in stages["pretrain"]["params"]
+    module = {n: st.get("do", st)["cmd"].split("python -m ", 1)[1].split()[0] for n, st in stages.items()}
+    readers = sorted(n for n in stages if "cfg.model" in MODULES[module[n]].read_text())
+    assert readers == ["pretrain"], readers

@@ -79,13 +79,14 @@ def test_forward_shapes_loss_and_block_size():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
-def test_ragged_rows_equal_the_padded_batch(norm_position):
+def test_ragged_rows_equal_the_padded_batch(norm_position, pos):
     """Right-padded rows run as their real tokens only give hidden_states' values at those tokens,
     and TaskModel (built on it) the padded batch's task logits and LM loss, bit for bit."""
     from model.heads import TaskHead, TaskModel
 
-    model = tiny(norm_position)
+    model = tiny(norm_position, pos_encoding=pos)
     g = torch.Generator().manual_seed(2)
     lengths = torch.randint(3, 40, (6, 3), generator=g)
     T = int(lengths.max())
@@ -106,6 +107,44 @@ def test_ragged_rows_equal_the_padded_batch(norm_position):
         model.ragged_hidden_states(torch.zeros(1, 65, dtype=torch.long), torch.tensor([65]))
 
 
+def test_rope_scores_relative_positions_and_has_no_position_table(tmp_path):
+    """Rotary positions: no wpe; the same tokens at every position shifted by a constant give the
+    same outputs (attention sees only relative positions), which learned positions do not; a packed
+    row of two continuations (a 4-D mask, explicit positions) equals each continuation alone; the
+    setting survives a checkpoint and is refused by the GPT-2 export."""
+    from model.hf import export_hf
+
+    rope, learned = tiny(pos_encoding="rope"), tiny()
+    assert "transformer.wpe.weight" not in rope.state_dict() and "transformer.wpe.weight" in learned.state_dict()
+    assert rope.num_params() == learned.num_params() - 64 * 32
+    idx = torch.randint(128, (3, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(rope(idx), rope(idx, position_ids=torch.arange(9, 29)), atol=1e-4, rtol=0)
+        assert not torch.allclose(learned(idx), learned(idx, position_ids=torch.arange(9, 29)), atol=1e-2)
+        # a context of 6 then two 4-token continuations side by side, each seeing the context and itself
+        ctx, c1, c2 = idx[0, :6], idx[1, :4], idx[2, :4]
+        allowed = torch.zeros(14, 14, dtype=torch.bool)
+        allowed[:6, :6] = torch.tril(torch.ones(6, 6, dtype=torch.bool))
+        for s in (6, 10):
+            allowed[s : s + 4, :6] = True
+            allowed[s : s + 4, s : s + 4] = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+        pos = torch.cat([torch.arange(6), torch.arange(6, 10), torch.arange(6, 10)])
+        packed = rope(torch.cat([ctx, c1, c2])[None], attention_mask=allowed[None, None], position_ids=pos[None])[0]
+        torch.testing.assert_close(packed[6:10], rope(torch.cat([ctx, c1])[None])[0, 6:], atol=1e-4, rtol=0)
+        torch.testing.assert_close(packed[10:], rope(torch.cat([ctx, c2])[None])[0, 6:], atol=1e-4, rtol=0)
+    save_checkpoint(tmp_path / "ck", rope, {"stage": "test"})
+    back = load_checkpoint(tmp_path / "ck").model.eval()
+    assert back.config.pos_encoding == "rope"
+    with torch.no_grad():
+        assert torch.equal(back(idx), rope(idx))
+    with pytest.raises(ValueError, match="pos_encoding='rope' cannot be exported"):
+        export_hf(tmp_path / "ck", tmp_path / "hf")
+    with pytest.raises(ValueError, match="pos_encoding"):
+        GPTConfig(pos_encoding="alibi")
+    with pytest.raises(ValueError, match="even head size"):
+        GPTConfig(n_embd=30, n_head=2, pos_encoding="rope")
+
+
 def test_token_logprobs_equal_the_full_heads_bit_for_bit():
     """The head run only where a target is (prompts and padding skipped) gives exactly the values
     of log_softmax(forward) at the targets, and 0 where the target is -100."""
@@ -124,9 +163,10 @@ def test_token_logprobs_equal_the_full_heads_bit_for_bit():
     assert (sparse[targets == -100] == 0).all() and (sparse[targets != -100] < 0).all()
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
-def test_left_padding_matches_unpadded(norm_position):
-    model = tiny(norm_position)
+def test_left_padding_matches_unpadded(norm_position, pos):
+    model = tiny(norm_position, pos_encoding=pos)
     idx, mask = left_pad(PROMPTS)
     with torch.no_grad():
         padded = model(idx, attention_mask=mask)
@@ -135,9 +175,10 @@ def test_left_padding_matches_unpadded(norm_position):
             torch.testing.assert_close(padded[row, -len(p) :], alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
 @pytest.mark.parametrize("padded", [False, True])
-def test_kv_cache_matches_full_forward(padded):
-    model = tiny()
+def test_kv_cache_matches_full_forward(padded, pos):
+    model = tiny(pos_encoding=pos)
     prompts = PROMPTS if padded else [p[:1] + [3, 4, 5, 6] for p in PROMPTS]
     idx, mask = left_pad(prompts)
     T0 = idx.size(1)
@@ -187,9 +228,10 @@ def test_configure_optimizers_decays_only_matmul_weights():
 # --- generate -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
-def test_greedy_cache_equals_recompute_and_unpadded(norm_position):
-    model = tiny(norm_position)
+def test_greedy_cache_equals_recompute_and_unpadded(norm_position, pos):
+    model = tiny(norm_position, seed=0 if pos == "learned" else 2, pos_encoding=pos)  # seeds whose greedy paths vary
     cached = generate(model, PROMPTS, 12, temperature=0)
     recomputed = generate(model, PROMPTS, 12, temperature=0, use_cache=False)
     assert cached.tokens == recomputed.tokens
