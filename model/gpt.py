@@ -355,7 +355,7 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str):
         """AdamW; weight decay only on matmul weights (not biases, LayerNorms or the wte/wpe embeddings)."""
-        embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
+        embeddings = {id(m.weight) for name, m in self.transformer.items() if name in ("wte", "wpe")}
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
         no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]

@@ -137,6 +137,18 @@ def test_rope_scores_relative_positions_and_has_no_position_table(tmp_path):
     assert back.config.pos_encoding == "rope"
     with torch.no_grad():
         assert torch.equal(back(idx), rope(idx))
+    # it trains: the optimizer's groups (no wpe to leave undecayed), a step that lowers the loss
+    train = tiny(pos_encoding="rope").train()
+    opt = train.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(train.parameters()))
+    losses = []
+    for _ in range(3):
+        _, loss = train(idx, idx.roll(-1, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="pos_encoding='rope' cannot be exported"):
         export_hf(tmp_path / "ck", tmp_path / "hf")
     with pytest.raises(ValueError, match="pos_encoding"):
