@@ -60,3 +60,34 @@ def repeat_loss(model, eos_id: int, low: int, high: int, *, length: int = 50, se
     first, second = loss[:, 1:length].mean().item(), loss[:, length:].mean().item()
     return RepeatLoss(loss_first=first, loss_second=second, score=second - first,
                       accuracy=torch.cat(hits).double().mean().item(), sequences=sequences, length=length)
+
+
+@torch.no_grad()
+def repeat_loss_of(model, eos_id: int, sequences: list[list[int]]) -> RepeatLoss:
+    """The same probe on given token sequences (of any lengths >= 2, e.g. the encodings of random
+    words): each is run as EOS, the sequence, the sequence again; the losses and hits of all
+    sequences' tokens are pooled. `length` is the mean sequence length."""
+    if not sequences or min(map(len, sequences)) < 2:
+        raise ValueError("repeat_loss_of needs sequences of at least 2 tokens")
+    window = getattr(getattr(model, "config", None), "block_size", None)
+    longest = max(map(len, sequences))
+    if window is not None and 2 * longest + 1 > window:
+        raise ValueError(f"2 x {longest} + 1 tokens exceed the model's window of {window}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    first, second, hits = [], [], []
+    try:
+        for s in sequences:
+            ids = torch.tensor([eos_id, *s, *s])
+            logits = model(ids[None, :-1].to(device)).float().cpu()[0]
+            loss = F.cross_entropy(logits, ids[1:], reduction="none").double()
+            L = len(s)
+            first.append(loss[1:L])
+            second.append(loss[L:])
+            hits.append(logits[L:].argmax(-1) == ids[1 + L :])
+    finally:
+        model.train(was_training)
+    f, s2 = torch.cat(first).mean().item(), torch.cat(second).mean().item()
+    return RepeatLoss(loss_first=f, loss_second=s2, score=s2 - f, accuracy=torch.cat(hits).double().mean().item(),
+                      sequences=len(sequences), length=round(sum(map(len, sequences)) / len(sequences)))

@@ -2,10 +2,14 @@
 
     python -m tasks.induction models/pretrain                    # one checkpoint
     python -m tasks.induction models/pretrain models/scaling/L6-d192 --length 50 --sequences 32 --seed 1337
+    python -m tasks.induction models/pretrain --words 20          # 20 random words of the world, said twice
 
 Prints one JSON object per checkpoint: loss on the first and second copy, the copy score (second
 minus first, nats; negative: the model copies from its context) and the copy accuracy (the second
 copy's tokens predicted exactly). Not a stage: `tasks/scaling.py` runs the same probe on every size.
+`--words N` probes with text the corpus could hold instead: N words drawn from the world's
+animals, objects, foods, colours and places, space-separated, said twice (in distribution, so a
+model that copies only familiar tokens shows it here and not on random ids).
 """
 
 from __future__ import annotations
@@ -36,12 +40,32 @@ def copy_probe(model, folder: Path, length: int, sequences: int, seed: int):
                        sequences=sequences, seed=seed)
 
 
+WORD_POOL = ("ANIMALS", "OBJECTS", "FOODS", "COLOURS", "PLACES")
+
+
+def word_probe(model, folder: Path, words: int, sequences: int, seed: int):
+    """The probe on sequences of `words` random words of the world (one draw per word, seeded), each
+    the encoding of " w1 w2 ... wN", said twice."""
+    import random
+
+    from model.induction import repeat_loss_of
+    from model.tokenizer import Tokenizer
+    from tasks.world import lexicon
+
+    tok = Tokenizer.load(folder / "tokenizer.json")
+    pool = [w for name in WORD_POOL for w in getattr(lexicon, name)]
+    rng = random.Random(seed)
+    seqs = [tok.encode(" " + " ".join(rng.choice(pool) for _ in range(words))) for _ in range(sequences)]
+    return repeat_loss_of(model, tok.eos_id, seqs)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tasks.induction", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", nargs="+", type=Path)
     ap.add_argument("--length", type=int, default=50)
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--words", type=int, default=0, help="probe with this many random words of the world instead of random ids")
     args = ap.parse_args(argv)
     from model.load import from_pretrained
 
@@ -49,7 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if not (folder / "tokenizer.json").is_file():
                 raise InputError(f"{folder}: no tokenizer.json (a checkpoint folder of this project is needed)")
-            r = copy_probe(from_pretrained(folder), folder, args.length, args.sequences, args.seed)
+            model = from_pretrained(folder)
+            r = (word_probe(model, folder, args.words, args.sequences, args.seed) if args.words > 0
+                 else copy_probe(model, folder, args.length, args.sequences, args.seed))
         except (InputError, CheckpointError, ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

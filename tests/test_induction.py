@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from model.induction import repeat_loss
+from model.induction import repeat_loss, repeat_loss_of
 
 VOCAB = 300
 
@@ -58,6 +58,22 @@ def test_same_seed_same_sequences_and_bad_arguments():
         repeat_loss(Copier(), 0, 5, 5)
 
 
+def test_given_sequences_pool_their_tokens_and_equal_the_random_probe():
+    """repeat_loss_of on the random probe's own sequences gives its numbers; on sequences of other
+    lengths the copier still copies and the blind model does not."""
+    seq = torch.randint(5, VOCAB, (6, 20), generator=torch.Generator().manual_seed(3))
+    a, b = repeat_loss(Copier(), 0, 5, VOCAB, length=20, sequences=6, seed=3), repeat_loss_of(Copier(), 0, seq.tolist())
+    assert (a.loss_first, a.loss_second, a.accuracy) == pytest.approx((b.loss_first, b.loss_second, b.accuracy))
+    mixed = [seq[0, :5].tolist(), seq[1].tolist(), seq[2, :12].tolist()]
+    c = repeat_loss_of(Copier(), 0, mixed)
+    assert c.score < -3 and c.accuracy > 0.8 and (c.sequences, c.length) == (3, 12)
+    assert repeat_loss_of(Uniform(), 0, mixed).score == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        repeat_loss_of(Copier(), 0, [[7]])
+    with pytest.raises(ValueError, match="window of 256"):
+        repeat_loss_of(Copier(), 0, [list(range(5, 200))])
+
+
 def test_the_pretrained_gpt_runs_the_probe():
     from model.gpt import GPT, GPTConfig
 
@@ -84,6 +100,10 @@ def test_the_command_probes_checkpoints_and_names_a_bad_one(tmp_path):
                        capture_output=True, text=True, check=True)
     out = json.loads(r.stdout)
     assert out["length"] == 15 and out["sequences"] == 4 and out["loss_first"] > 0  # 50 cut to (32 - 1) // 2
+    r = subprocess.run([sys.executable, "-m", "tasks.induction", str(tmp_path / "ckpt"), "--sequences", "3", "--words", "2"],
+                       capture_output=True, text=True, check=True)
+    out = json.loads(r.stdout)  # two words of the world, one token per character here
+    assert out["sequences"] == 3 and out["length"] >= 6 and out["loss_first"] > 0
     bad = subprocess.run([sys.executable, "-m", "tasks.induction", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: checkpoint {tmp_path}: config.json is missing"
     (tmp_path / "empty").mkdir()
