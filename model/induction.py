@@ -91,3 +91,34 @@ def repeat_loss_of(model, eos_id: int, sequences: list[list[int]]) -> RepeatLoss
     f, s2 = torch.cat(first).mean().item(), torch.cat(second).mean().item()
     return RepeatLoss(loss_first=f, loss_second=s2, score=s2 - f, accuracy=torch.cat(hits).double().mean().item(),
                       sequences=len(sequences), length=round(sum(map(len, sequences)) / len(sequences)))
+
+
+def train_copying(model, eos_id: int, low: int, high: int, *, steps: int, batch_size: int = 32, min_length: int = 10,
+                  max_length: int = 60, lr: float = 1e-3, seed: int = 0, probe_every: int = 0, probe_length: int = 50) -> list[dict]:
+    """Train `model` on the probe's own task: EOS, `L` random tokens from [low, high), the same `L`
+    again (L drawn per step from [min_length, max_length]), next-token loss on every position;
+    AdamW without decay at a constant `lr`, data seeded by `seed`. A curriculum for the copying
+    circuit the corpus alone does not grow (docs/prompting.md). Every `probe_every` steps (and at
+    the end) the probe at `probe_length` is recorded: [{step, loss, copy_score, copy_accuracy}]."""
+    if steps < 1 or not 2 <= min_length <= max_length or batch_size < 1:
+        raise ValueError(f"steps={steps}, batch_size={batch_size}, lengths [{min_length}, {max_length}]: need 1, 1 and 2 <= min <= max")
+    window = getattr(getattr(model, "config", None), "block_size", None)
+    if window is not None and 2 * max(max_length, probe_length) + 1 > window:
+        raise ValueError(f"2 x {max(max_length, probe_length)} + 1 tokens exceed the model's window of {window}")
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    log = []
+    model.train()
+    for step in range(1, steps + 1):
+        L = int(torch.randint(min_length, max_length + 1, (), generator=g))
+        seq = torch.randint(low, high, (batch_size, L), generator=g)
+        ids = torch.cat([torch.full((batch_size, 1), eos_id), seq, seq], dim=1).to(device)
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step == steps or (probe_every and step % probe_every == 0):
+            r = repeat_loss(model, eos_id, low, high, length=probe_length, sequences=16, seed=seed + 1)
+            log.append({"step": step, "loss": loss.item(), "copy_score": r.score, "copy_accuracy": r.accuracy})
+    return log

@@ -114,21 +114,42 @@ def test_the_command_probes_checkpoints_and_names_a_bad_one(tmp_path):
 @pytest.mark.parametrize("pos", ["learned", "rope"])
 def test_the_gpt_learns_to_copy_from_a_pure_copy_task(pos):
     """The circuit the probe looks for is within the model's reach: a 2-layer GPT trained on nothing
-    but 20 random tokens said twice predicts the second copy exactly within 150 steps (docs/prompting.md,
-    "Copying from the context, measured": the corpus runs never find it)."""
+    but random tokens said twice (`train_copying`) predicts the second copy exactly within 150 steps
+    (docs/prompting.md, "Copying from the context, measured": the corpus runs never find it)."""
     from model.gpt import GPT, GPTConfig
+    from model.induction import train_copying
 
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=64, pos_encoding=pos))
-    opt = gpt.configure_optimizers(0.0, 1e-3, (0.9, 0.98), "cpu")
+    gpt = GPT(GPTConfig(vocab_size=64, block_size=128, n_layer=2, n_head=2, n_embd=64, pos_encoding=pos))
     before = repeat_loss(gpt, 0, 1, 64, length=20, sequences=32)
-    for _ in range(150):
-        seq = torch.randint(1, 64, (64, 20))
-        ids = torch.cat([torch.zeros(64, 1, dtype=torch.long), seq, seq], 1)
-        _, loss = gpt(ids[:, :-1], ids[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    log = train_copying(gpt, 0, 1, 64, steps=150, batch_size=64, min_length=20, max_length=20, probe_every=50,
+                        probe_length=20)
     after = repeat_loss(gpt, 0, 1, 64, length=20, sequences=32)
     assert before.accuracy < 0.1 and abs(before.score) < 0.5
     assert after.accuracy > 0.95 and after.score < -2
+    assert [r["step"] for r in log] == [50, 100, 150] and log[-1]["copy_accuracy"] > 0.9
+    with pytest.raises(ValueError, match="window of 128"):
+        train_copying(gpt, 0, 1, 64, steps=1, max_length=70)
+
+
+def test_copy_warmup_writes_a_checkpoint_pretrain_can_start_from(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from model.checkpoint import load_checkpoint
+    from model.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["a tiny corpus of words"] * 4, 261, kind="char")
+    tok.save(tmp_path / "tokenizer.json")
+    over = ["--", "experiment=smoke", f"pretrain.data_dir={tmp_path}"]
+    r = subprocess.run([sys.executable, "-m", "tasks.copy_warmup", str(tmp_path / "warm"), "--steps", "4", "--probe-every", "2", "--max-length", "20", *over],
+                       capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["step"] for row in rows] == [2, 4] and all(row["loss"] > 0 for row in rows)
+    ck = load_checkpoint(tmp_path / "warm")
+    assert ck.meta["stage"] == "copy_warmup" and ck.config.vocab_size == tok.vocab_size
+    assert (tmp_path / "warm" / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+    bad = subprocess.run([sys.executable, "-m", "tasks.copy_warmup", str(tmp_path / "w2"), "--", f"pretrain.data_dir={tmp_path / 'none'}"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: {tmp_path / 'none' / 'tokenizer.json'}: not found (run `dvc repro tokenize` first)"

@@ -31,6 +31,7 @@ SHARED = {
     "tasks.prompting",  # tasks written as prompts: rendering and scoring (prompt_eval, evaluate)
     "tasks.zeroshot",  # the bars fine-tuning must clear, on its own test rows (finetune)
     "tasks.induction",  # the copy probe on a checkpoint (scaling; also a command of its own)
+    "tasks.copy_warmup",  # a command: a checkpoint trained to copy, for pretrain.init (not a stage)
 }
 
 
