@@ -121,8 +121,8 @@ def evaluate_overrides(cfg, seed: int) -> list[str]:
     for name in sorted(set(cfg.evaluate.policies) | set(cfg.seeds.methods)):
         path = f"{out}/{name}" if name in cfg.seeds.methods else (cfg.evaluate.policies[name] if name == cfg.evaluate.reference else "")
         pol.append(f"{'' if name in cfg.evaluate.policies else '+'}evaluate.policies.{name}={path}")
-    return [*pol, f"evaluate.seed={seed}", "evaluate.pretrain=", "evaluate.best_of_n=[]", "evaluate.prompt_eval_items=0", "evaluate.tax_pairs=[]",
-            "evaluate.curves=[]", "evaluate.register_policy=", f"evaluate.metrics_file={met}/evaluate.json",
+    return [*pol, f"evaluate.seed={seed}", "evaluate.pretrain=", "evaluate.best_of_n=[]", "evaluate.prompt_eval_items=0",
+            "evaluate.tax_pairs=[]", "evaluate.curves=[]", "evaluate.register_policy=", f"evaluate.metrics_file={met}/evaluate.json",
             f"evaluate.samples_file={met}/evaluate_samples.jsonl", f"evaluate.table_file={met}/evaluate_table.md",
             f"evaluate.plot_file={met}/overoptimization.png", f"evaluate.overopt_file={met}/overoptimization.md"]
 

@@ -291,7 +291,7 @@ class GPT(nn.Module):
                 position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
             else:  # left padding: the first real token is position 0
                 position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
-        x, rope = self.embed(idx, position_ids)  # (B, T, C)
+        x, rope = self.embed(idx, position_ids), self.rope_for(position_ids)  # (B, T, C)
         attn_mask, is_causal = attention_mask_for(attention_mask, T, past, idx.device)
         for block in self.transformer.h:
             x = block(x, attn_mask, is_causal, kv_cache, None, rope)
@@ -308,27 +308,24 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds the model's block_size of {self.config.block_size}")
         r = Ragged(lengths, T)
-        if self.rope:  # positions enter in attention, where the rows are padded back to (N, T)
-            x, _ = self.embed(idx[r.keep], None)
-            rope = rope_tables(torch.arange(T, device=idx.device), self._head_size, self.config.rope_base)
-        else:
-            x, rope = self.embed(idx[r.keep], torch.arange(T, device=idx.device).expand(N, T)[r.keep])  # (M, C)
+        pos = torch.arange(T, device=idx.device)
+        # rotary positions enter in attention, where the rows are padded back to (N, T)
+        x, rope = self.embed(idx[r.keep], pos.expand(N, T)[r.keep]), self.rope_for(pos)  # (M, C)
         for block in self.transformer.h:
             x = block(x, None, True, None, r, rope)
         return self.transformer.ln_f(x), r
 
-    @property
-    def _head_size(self) -> int:
-        return self.config.n_embd // self.config.n_head
-
-    def embed(self, idx: torch.Tensor, position_ids: torch.Tensor | None):
-        """The blocks' input (token embedding, plus the position embedding when learned), after dropout,
-        and the rotary tables of `position_ids` (None with learned positions)."""
+    def embed(self, idx: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The blocks' input: the token embedding, plus the position embedding when positions are
+        learned (rotary ones enter in attention instead), after dropout."""
         x = self.transformer.wte(idx)
-        if self.rope:
-            rope = None if position_ids is None else rope_tables(position_ids, self._head_size, self.config.rope_base)
-            return self.transformer.drop(x), rope
-        return self.transformer.drop(x + self.transformer.wpe(position_ids)), None
+        return self.transformer.drop(x if self.rope else x + self.transformer.wpe(position_ids))
+
+    def rope_for(self, position_ids: torch.Tensor):
+        """The rotary tables of `position_ids` for attention; None with learned positions."""
+        if not self.rope:
+            return None
+        return rope_tables(position_ids, self.config.n_embd // self.config.n_head, self.config.rope_base)
 
     def forward(self, idx, targets=None, *, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None):
         """Logits (B, T, vocab); with `targets` (B, T) also the mean cross-entropy, as (logits, loss).

@@ -23,7 +23,7 @@ from tasks.common import InputError
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    cut = argv.index("--") if "--" in argv else len(argv)  # our options, then Hydra overrides after `--`
     ap = argparse.ArgumentParser(prog="python -m tasks.copy_warmup", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--steps", type=int, default=2000)
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-length", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--probe-every", type=int, default=250)
-    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args = ap.parse_args(argv[:cut])
 
     import torch
     from omegaconf import OmegaConf
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.induction import probe_length
 
     try:
-        cfg = compose(overrides)
+        cfg = compose(argv[cut + 1 :])
         tok_path = Path(cfg.pretrain.data_dir) / "tokenizer.json"
         if not tok_path.is_file():
             raise InputError(f"{tok_path}: not found (run `dvc repro tokenize` first)")
@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         log = train_copying(model, tok.eos_id, len(SPECIALS), tok.vocab_size, steps=args.steps, batch_size=args.batch_size,
                             min_length=args.min_length, max_length=args.max_length, lr=args.lr, seed=cfg.seed,
                             probe_every=args.probe_every, probe_length=probe_length(50, model.config.block_size))
+        save_checkpoint(args.out_dir, model.eval(), {"stage": "copy_warmup", "steps": args.steps, "log": log}, tokenizer_path=tok_path)
     except (InputError, ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for row in log:
         print(json.dumps(row))
-    save_checkpoint(args.out_dir, model.eval(), {"stage": "copy_warmup", "steps": args.steps, "log": log}, tokenizer_path=tok_path)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ def zero_shot_tax(model, tok, ec: EvaluateConfig, cfg) -> tuple[dict[str, float]
         m, _, h = pe.evaluate_task(model, tok, task, 0, pc)
         if m is not None:  # no query of the task fits the window: left out, as prompt_eval does
             acc[name], hits[name] = m["acc"], [h[i] for i in sorted(h)]
+    if not acc:
+        raise InputError("evaluate: every prompt-eval task was skipped, no query fits the model's window")
     return acc, hits
 
 

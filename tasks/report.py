@@ -448,9 +448,8 @@ def rlhf_goals(m: Path) -> dict[str, Goal]:
                for n in ("ppo", "ppo_ptx")}
         # paired on the same windows and items (evaluate.tax_pairs); without that record the point values decide nothing
         pair = (ev.get("alignment_tax") or {}).get("ppo_ptx_vs_ppo") or {}
-        for key, what, diff, sign in (("tax_loss", "pre-training loss regression", "pretrain_val_loss_diff", -1),
-                                      ("tax_prompt_eval", "prompt-eval drop", "prompt_eval_acc_diff", 1)):
-            i = 0 if key == "tax_loss" else 1
+        for i, (key, what, diff, sign) in enumerate((("tax_loss", "pre-training loss regression", "pretrain_val_loss_diff", -1),
+                                                     ("tax_prompt_eval", "prompt-eval drop", "prompt_eval_acc_diff", 1))):
             text = f"{tax['ppo_ptx'][i]:+.3f} vs {tax['ppo'][i]:+.3f}"
             d, ci = pair.get(diff), pair.get(f"{diff}_ci")
             if d is None or ci is None:
